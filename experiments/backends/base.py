@@ -1,0 +1,56 @@
+"""What every backend (local emulation, AWS) offers the runner.
+
+A backend hands out a Deployment inside a context manager; teardown lives in its `finally`
+(PerfKitBenchmarker's lesson: teardown first, publishing after). Everything the runner needs
+afterwards is collected *before* the context exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from experiments.model import Observations
+from stacks.variant import Variant
+
+
+@dataclass
+class Leftover:
+    """Something a run created and did not remove (a process, cgroup, swapfile, AWS resource)."""
+
+    kind: str
+    ident: str
+    detail: str = ""
+    run_id: str = ""
+
+
+@dataclass
+class Deployment:
+    """A healthy, reachable stack. `url` is the only address the load driver may target."""
+
+    variant: Variant
+    url: str
+    instance_ids: list[str]
+    started_at: float
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def observe(self) -> Observations:
+        """Signals and logs from deploy until now (called before teardown). Backends override."""
+        raise NotImplementedError
+
+
+class Backend(Protocol):
+    name: str
+
+    def deployed(self, variant: Variant) -> AbstractContextManager[Deployment]:
+        """Deploy, wait healthy, yield; tear down in `finally` whatever happens inside."""
+        ...
+
+    def leftovers(self) -> list[Leftover]:
+        ...
+
+    def delete_leftovers(self) -> Iterator[Leftover]:
+        """Remove each leftover, yielding it once removed."""
+        ...

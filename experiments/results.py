@@ -1,0 +1,188 @@
+"""The run store: plain files under `results/<run-id>/`, written atomically, never overwritten.
+
+Layout (a contract: the report, `compare`, `plan` and users' own tools read it):
+
+    run.json                 config, versions, git revision, host, cpu_scale, SLO, status
+    summary.json             the design's contract (one entry per finished variant)
+    <variant>/variant.json   the Variant as parsed from its stack file
+    <variant>/steps.json     every capacity step (offered, achieved, percentiles, verdict)
+    <variant>/survival.json  the survival test
+    <variant>/signals.csv    one row per instance per second
+    <variant>/logs.jsonl     every Gunicorn / kernel / HAProxy line with its time
+    <variant>/diagnosis.json the named failure and its evidence
+    <variant>/result.json    the variant's summary entry; its presence marks the variant done
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from experiments.errors import UserError
+from experiments.model import LogLine, Observations, SignalSample
+
+FORMAT_VERSION = 1
+SIGNAL_COLUMNS = [f.name for f in fields(SignalSample)]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file + rename so a crash never leaves half a file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def signals_to_csv(samples: list[SignalSample]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=SIGNAL_COLUMNS)
+    writer.writeheader()
+    for sample in samples:
+        writer.writerow({k: ("" if v is None else v) for k, v in sample.to_dict().items()})
+    return out.getvalue()
+
+
+def signals_from_csv(text: str) -> list[SignalSample]:
+    samples = []
+    for row in csv.DictReader(io.StringIO(text)):
+        values: dict[str, Any] = {}
+        for f in fields(SignalSample):
+            raw = row.get(f.name, "")
+            if raw in ("", None):
+                values[f.name] = None
+            elif f.name == "instance":
+                values[f.name] = raw
+            elif f.name in ("memory_bytes", "memory_limit_bytes", "swap_bytes", "major_faults",
+                            "oom_kills"):
+                values[f.name] = int(float(raw))
+            else:
+                values[f.name] = float(raw)
+        samples.append(SignalSample(**values))
+    return samples
+
+
+class RunStore:
+    """One run's folder. Create it with `create`, reopen it (for --resume, report) with `open`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+
+    # ---- creation / opening ----------------------------------------------------------
+    @classmethod
+    def create(cls, root: Path, run_id: str, run_info: dict[str, Any]) -> RunStore:
+        run_dir = root / run_id
+        if run_dir.exists():
+            raise UserError(f"results folder {run_dir} already exists; use --resume {run_id} to "
+                            "finish it or choose another --out.")
+        store = cls(run_dir)
+        write_json(run_dir / "run.json", {"format_version": FORMAT_VERSION, "run_id": run_id,
+                                          "status": "running", **run_info})
+        return store
+
+    @classmethod
+    def open(cls, run_dir: Path) -> RunStore:
+        run_file = run_dir / "run.json"
+        if not run_dir.is_dir():
+            raise UserError(f"run folder {run_dir} does not exist; pass a folder under results/ "
+                            "that a `run` created.")
+        if not run_file.is_file():
+            raise UserError(f"{run_dir} is not a scalelab run folder (it has no run.json).")
+        try:
+            info = read_json(run_file)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"{run_file} cannot be read as JSON ({exc}).") from None
+        version = info.get("format_version") if isinstance(info, dict) else None
+        if version != FORMAT_VERSION:
+            raise UserError(f"{run_dir} was written by another scalelab version (results format "
+                            f"{version!r}, this one reads {FORMAT_VERSION}).")
+        return cls(run_dir)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.info["run_id"])
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return read_json(self.dir / "run.json")
+
+    def update_info(self, **changes: Any) -> None:
+        write_json(self.dir / "run.json", {**self.info, **changes})
+
+    # ---- per variant -------------------------------------------------------------------
+    def variant_dir(self, name: str) -> Path:
+        return self.dir / name
+
+    def completed_variants(self) -> list[str]:
+        planned = self.info.get("variants") or []
+        done = {p.parent.name for p in self.dir.glob("*/result.json")}
+        return [n for n in planned if n in done] + sorted(done - set(planned))
+
+    def save_json(self, variant: str, filename: str, data: Any) -> None:
+        write_json(self.variant_dir(variant) / filename, data)
+
+    def save_observations(self, variant: str, observations: Observations) -> None:
+        folder = self.variant_dir(variant)
+        atomic_write_text(folder / "signals.csv", signals_to_csv(observations.signals))
+        atomic_write_text(folder / "logs.jsonl", "".join(
+            json.dumps(line.to_dict()) + "\n" for line in observations.logs))
+
+    def load_observations(self, variant: str) -> Observations:
+        folder = self.variant_dir(variant)
+        signals_file, logs_file = folder / "signals.csv", folder / "logs.jsonl"
+        signals = signals_from_csv(signals_file.read_text()) if signals_file.exists() else []
+        logs = ([LogLine.from_dict(json.loads(line)) for line in logs_file.read_text().splitlines()
+                 if line.strip()] if logs_file.exists() else [])
+        return Observations(signals=signals, logs=logs)
+
+    def load_json(self, variant: str, filename: str, default: Any = None) -> Any:
+        path = self.variant_dir(variant) / filename
+        return read_json(path) if path.exists() else default
+
+    def finish_variant(self, name: str, summary_entry: dict[str, Any]) -> None:
+        """Written last: a variant counts as measured only once this file exists."""
+        self.save_json(name, "result.json", summary_entry)
+        self.write_summary()
+
+    # ---- the summary --------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        info = self.info
+        return {
+            "run_id": info["run_id"],
+            "backend": info.get("backend"),
+            "cpu_scale": info.get("cpu_scale"),
+            "slo": info.get("slo"),
+            "status": info.get("status"),
+            "format_version": FORMAT_VERSION,
+            "variants": [self.load_json(n, "result.json") for n in self.completed_variants()],
+        }
+
+    def write_summary(self) -> dict[str, Any]:
+        summary = self.summary()
+        write_json(self.dir / "summary.json", summary)
+        return summary
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's summary, rebuilt from the variant folders (so it is never stale)."""
+    return RunStore.open(run_dir).summary()
