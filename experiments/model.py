@@ -88,6 +88,14 @@ class Observations(Record):
 # ---- what the load driver measures -------------------------------------------------------
 
 @dataclass
+class Slo(Record):
+    """When a capacity step passes (the design's defaults)."""
+
+    p95_ms: float = 500.0
+    max_error_rate: float = 0.01
+    min_achieved_ratio: float = 0.95
+
+@dataclass
 class StepResult(Record):
     """One open-model step: an offered arrival rate held for `duration_s` after a warm-up."""
 
@@ -107,6 +115,9 @@ class StepResult(Record):
     """Peak CPU of the load generator process(es), as a fraction of one core."""
     generator_saturated: bool = False
     users: int = 0
+    """Concurrent simulated users (each holds one keep-alive connection)."""
+    response_bytes: int = 0
+    """Bytes received in responses during the hold (for the ALB's processed-bytes LCU)."""
     passed: bool | None = None
     """Set by the capacity search's verdict; None before judging."""
     verdict: str = ""
