@@ -1,0 +1,33 @@
+"""Fixed vocabulary of the seeded data. `shop/locustfile.py` repeats CATEGORIES' slugs and a few
+SEARCH_TERMS (it must import nothing but locust); tests check the two agree."""
+
+from __future__ import annotations
+
+CATEGORIES: tuple[tuple[str, str], ...] = tuple((name.lower().replace(" & ", "-")
+                                                 .replace(" ", "-"), name) for name in (
+    "Books", "Music", "Movies", "Games", "Computers", "Phones", "Cameras", "Audio",
+    "Kitchen", "Garden", "Tools", "Furniture", "Lighting", "Bedding", "Toys", "Baby",
+    "Sports", "Outdoors", "Fashion", "Shoes", "Jewelry", "Beauty", "Health", "Pets",
+))
+
+NOUNS: tuple[str, ...] = (
+    "kettle", "lamp", "chair", "backpack", "headphones", "notebook", "blender", "jacket",
+    "sneakers", "watch", "camera", "speaker", "keyboard", "mouse", "monitor", "tent",
+    "bicycle", "helmet", "mug", "pillow", "blanket", "toaster", "drill", "hammer",
+    "guitar", "puzzle", "scarf", "wallet", "perfume", "leash",
+)
+
+WORDS: tuple[str, ...] = (
+    "premium", "durable", "compact", "wireless", "organic", "classic", "modern", "vintage",
+    "portable", "ergonomic", "lightweight", "waterproof", "handmade", "stainless", "bamboo",
+    "ceramic", "leather", "cotton", "wool", "steel", "smart", "quiet", "fast", "eco",
+    "deluxe", "essential", "everyday", "travel", "family", "studio", "pro", "mini", "max",
+    "ultra", "soft", "bright", "warm", "cool", "fresh", "bold", "simple", "elegant", "rugged",
+    "gift", "limited", "edition", "original", "comfort", "daily", "outdoor", "indoor", "urban",
+    "coastal", "alpine", "desert", "forest", "river", "sunset", "midnight", "golden", "silver",
+    "crimson", "azure", "emerald", "ivory", "charcoal", "maple", "walnut", "oak", "cedar",
+    "with", "and", "for", "the", "your", "home", "office", "kitchen", "garden", "kids",
+)
+
+SEARCH_TERMS: tuple[str, ...] = ("kettle", "wireless", "bamboo", "walnut", "guitar", "alpine",
+                                 "crimson", "waterproof", "nothing-matches-this")

@@ -1,0 +1,9 @@
+"""`shop.wsgi:application`: what Gunicorn serves (run it with the project root as cwd)."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
+
+application = get_wsgi_application()
