@@ -1,0 +1,96 @@
+"""The ALB, emulated by a real HAProxy on loopback, generated from the Variant.
+
+ALB -> HAProxy mapping: round_robin -> `balance roundrobin`, least_outstanding_requests ->
+`balance leastconn` (both count requests in flight per target); the target group's health
+check -> `option httpchk GET <path>` + `http-check expect status 200` (the ALB's default
+matcher) with `inter` = interval, `fall` = unhealthy threshold, `rise` = healthy threshold and
+`timeout check` = timeout; no healthy target -> HAProxy's own 503; idle timeout 60 s like the
+ALB's default. The stats socket (`show stat`) gives per-target state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiments.errors import UserError
+from stacks.variant import Variant
+
+BALANCE = {"round_robin": "roundrobin", "least_outstanding_requests": "leastconn"}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    host: str
+    port: int
+
+
+def haproxy_binary() -> str:
+    found = shutil.which("haproxy") or next(
+        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if Path(p).exists()), None)
+    if not found:
+        raise UserError("haproxy is not installed but variants with loadBalancer: true need it "
+                        "locally; install it (Debian/Ubuntu: apt-get install haproxy).")
+    return found
+
+
+def render_config(variant: Variant, bind_host: str, bind_port: int, targets: list[Target],
+                  stats_socket: Path) -> str:
+    hc = variant.health_check
+    lines = [
+        "global",
+        f"    stats socket {stats_socket} mode 600 level admin",
+        "    maxconn 4096",
+        "",
+        "defaults",
+        "    mode http",
+        "    timeout connect 5s",
+        "    timeout client 60s",
+        "    timeout server 60s",
+        f"    timeout check {hc.timeout_s}s",
+        "    option http-keep-alive",
+        "",
+        "frontend alb",
+        f"    bind {bind_host}:{bind_port}",
+        "    default_backend targets",
+        "",
+        "backend targets",
+        f"    balance {BALANCE[variant.lb_algorithm]}",
+        f"    option httpchk GET {hc.path}",
+        "    http-check expect status 200",
+        f"    default-server inter {hc.interval_s}s fall {hc.unhealthy_threshold} "
+        f"rise {hc.healthy_threshold}",
+    ]
+    lines += [f"    server {t.name} {t.host}:{t.port} check" for t in targets]
+    return "\n".join(lines) + "\n"
+
+
+def show_stat(stats_socket: Path, timeout_s: float = 1.0) -> list[dict[str, str]]:
+    """`show stat` rows (CSV with a `# ` header) from the admin socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(str(stats_socket))
+        s.sendall(b"show stat\n")
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    text = b"".join(chunks).decode(errors="replace").lstrip("# ")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def target_states(stats_socket: Path) -> dict[str, str]:
+    """Target name -> HAProxy status (UP, DOWN, `UP 1/2` while going down, NOLB, MAINT...)."""
+    with contextlib.suppress(OSError):
+        return {row["svname"]: row["status"] for row in show_stat(stats_socket)
+                if row.get("pxname") == "targets" and row.get("svname") not in
+                ("FRONTEND", "BACKEND")}
+    return {}
