@@ -1,0 +1,148 @@
+"""The comparison table in three forms (rows for HTML, summary.csv, summary.md), from summary.json.
+
+Every figure comes from the run's summary; nothing is recomputed here except the derived
+"which one gives the most capacity per dollar", so the three files cannot disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+CSV_COLUMNS = [
+    "variant", "instance_type", "count", "swap_mib", "load_balancer", "capacity_rps",
+    "p95_ms_at_capacity", "survival_s", "survival_held", "failure_kind", "failure_summary",
+    "hourly_usd", "monthly_usd", "usd_per_million_requests", "capacity_per_usd_hour", "region",
+]
+
+
+def variant_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per variant (None where the run has no figure)."""
+    rows = []
+    for v in summary.get("variants") or []:
+        if not v:
+            continue
+        cost = v.get("cost") or {}
+        survival = v.get("survival") or {}
+        failure = v.get("failure") or {}
+        rows.append({
+            "variant": v.get("name"),
+            "instance_type": v.get("instance_type"),
+            "count": v.get("count"),
+            "swap_mib": v.get("swap_mib"),
+            "load_balancer": v.get("load_balancer"),
+            "capacity_rps": v.get("capacity_rps"),
+            "p95_ms_at_capacity": v.get("p95_ms_at_capacity"),
+            "survival_s": survival.get("seconds"),
+            "survival_held": survival.get("held"),
+            "failure_kind": failure.get("kind"),
+            "failure_summary": failure.get("summary") or "",
+            "hourly_usd": cost.get("hourly_usd"),
+            "monthly_usd": cost.get("monthly_usd"),
+            "usd_per_million_requests": cost.get("usd_per_million_requests"),
+            "capacity_per_usd_hour": cost.get("capacity_per_usd_hour"),
+            "region": cost.get("region") or v.get("region"),
+            "evidence": list(failure.get("evidence") or []),
+            "cost_items": cost.get("items") or {},
+            "cost_notes": list(cost.get("notes") or []),
+        })
+    return rows
+
+
+def best_value(rows: list[dict[str, Any]]) -> str | None:
+    """The variant with the most capacity per dollar-hour (cheapest per unit of capacity)."""
+    priced = [r for r in rows if r.get("capacity_per_usd_hour")]
+    if not priced:
+        return None
+    return max(priced, key=lambda r: r["capacity_per_usd_hour"])["variant"]
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+    return out.getvalue()
+
+
+# ---- text formatting shared by the Markdown and the HTML ---------------------------------
+
+def fmt_num(value: float | None, digits: int = 1, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def fmt_usd(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"${value:,.{digits}f}"
+
+
+def fmt_survival(row: dict[str, Any]) -> str:
+    if row.get("survival_s") is None:
+        return "—"
+    held = " (held)" if row.get("survival_held") else ""
+    return f"{row['survival_s']:.0f} s{held}"
+
+
+def instances_text(row: dict[str, Any]) -> str:
+    text = f"{row.get('count')} × {row.get('instance_type')}"
+    if row.get("load_balancer"):
+        text += " + ALB"
+    if row.get("swap_mib"):
+        text += f", swap {row['swap_mib'] / 1024:g} GiB"
+    return text
+
+
+def run_context(summary: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """Sentences that qualify every number (emulation, SLO, prices)."""
+    lines = []
+    slo = summary.get("slo") or {}
+    if slo:
+        lines.append(f"A step passes when p95 ≤ {slo.get('p95_ms', 500):g} ms, errors ≤ "
+                     f"{100 * slo.get('max_error_rate', 0.01):g} % and achieved ≥ "
+                     f"{100 * slo.get('min_achieved_ratio', 0.95):g} % of offered; capacity is "
+                     "the highest passing offered rate.")
+    if summary.get("backend") == "local":
+        scale = summary.get("cpu_scale")
+        lines.append(f"Local run: every instance was emulated on one host (cgroups + HAProxy) "
+                     f"with cpu_scale {scale if scale is not None else '?'} host cores per vCPU, "
+                     "so capacities are emulated: compare them with each other, not with AWS.")
+    profile = (info.get("config") or {}).get("profile")
+    if profile:
+        lines.append(f"Measurement profile: {profile}.")
+    return lines
+
+
+def to_markdown(summary: dict[str, Any], rows: list[dict[str, Any]],
+                info: dict[str, Any]) -> str:
+    best = best_value(rows)
+    out = [f"# scalelab run {summary.get('run_id')}", ""]
+    out += [f"Backend: {summary.get('backend')}. " + " ".join(run_context(summary, info)), ""]
+    out.append("| variant | instances | capacity (req/s) | p95 at capacity | survival | failure | "
+               "$/hour | $/month | $ per million req | req/s per $/h |")
+    out.append("|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
+    for r in rows:
+        name = f"**{r['variant']}** ★" if r["variant"] == best else r["variant"]
+        out.append(" | ".join([
+            f"| {name}", instances_text(r), fmt_num(r["capacity_rps"]),
+            fmt_num(r["p95_ms_at_capacity"], 0, " ms"), fmt_survival(r),
+            f"`{r['failure_kind'] or '—'}`", fmt_usd(r["hourly_usd"]),
+            fmt_usd(r["monthly_usd"], 2), fmt_usd(r["usd_per_million_requests"], 3),
+            fmt_num(r["capacity_per_usd_hour"], 0)]) + " |")
+    if best:
+        out += ["", f"★ most capacity per dollar: **{best}**."]
+    out += ["", "## Why each variant failed", ""]
+    for r in rows:
+        out.append(f"### {r['variant']}: `{r['failure_kind']}`")
+        if r["failure_summary"]:
+            out += ["", r["failure_summary"]]
+        out.append("")
+        out += [f"- `{line}`" for line in r["evidence"]] or ["- (no evidence recorded)"]
+        out.append("")
+    notes = list(dict.fromkeys(n for r in rows for n in r["cost_notes"]))
+    if notes:
+        out += ["## Cost notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(out)
