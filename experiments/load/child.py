@@ -1,0 +1,419 @@
+"""The load child: Locust as a library, driven by JSON lines from the parent.
+
+Run as `python -m experiments.load.child --role local|master|worker ...` by
+`experiments.load.driver.LoadSession` only. Importing locust monkey-patches this whole process
+with gevent; that is why this is a separate process and the parent never imports it.
+
+Protocol (one JSON object per line). Parent -> child on stdin:
+    {"cmd": "step", "offered_rps": 40, "warmup_s": 5, "hold_s": 15}
+    {"cmd": "survival", "users": 100, "limit_s": 120}
+    {"cmd": "quit"}
+Child -> parent on the original stdout (fd 1 is redirected to stderr, so a print() in a
+locustfile cannot corrupt the protocol):
+    {"type": "ready"} | {"type": "error", "message": "..."} | {"type": "step", "result": {...}}
+    {"type": "tick", "t": 3.0, "requests": .., "errors": .., "p95_ms": ..}
+    {"type": "survival", "result": {...}}
+Workers (distributed mode) take no commands: they are driven by the master through Locust's
+own messages plus three custom ones (scalelab_pace, scalelab_swap -> scalelab_window), and
+exit when their stdin closes (the parent is gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import gevent
+import psutil
+from gevent.fileobject import FileObjectPosix
+from locust import User, constant, events
+from locust.env import Environment
+from locust.runners import STATE_SPAWNING, MasterRunner, Runner
+
+from experiments.load.histogram import Window
+from experiments.load.pacing import paced, pool_for
+from experiments.load.survival import Second, SurvivalRule
+from experiments.model import StepResult, SurvivalResult
+
+SATURATED_CPU = 0.9
+"""A generator process above 90 % of a core (Locust's own warning threshold) is saturated."""
+CPU_SAMPLE_S = 1.0
+WORKER_CONNECT_TIMEOUT_S = 60.0
+WINDOW_REPLY_TIMEOUT_S = 5.0
+
+
+class LocustfileError(Exception):
+    """The locustfile cannot be used; the message is the one sentence the user sees."""
+
+
+def load_user_class(path: str) -> type[User]:
+    """Import `path` and return its single runnable User class (with tasks)."""
+    file = Path(path)
+    if not file.is_file():
+        raise LocustfileError(f"locustfile {path} does not exist or is not a file")
+    if not os.access(file, os.R_OK):
+        raise LocustfileError(f"locustfile {path} is not readable")
+    sys.path.insert(0, str(file.parent.resolve()))
+    try:
+        spec = importlib.util.spec_from_file_location("scalelab_locustfile", file)
+        if spec is None or spec.loader is None:
+            raise LocustfileError(f"locustfile {path} is not a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    except LocustfileError:
+        raise
+    except SyntaxError as exc:
+        raise LocustfileError(
+            f"locustfile {path} has a syntax error at line {exc.lineno}: {exc.msg}"
+        ) from None
+    except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
+        raise LocustfileError(
+            f"locustfile {path} failed to import: {type(exc).__name__}: {exc}".rstrip(": ")
+        ) from None
+    classes = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, User) and not value.abstract
+        and value.tasks
+    ]
+    if len(classes) != 1:
+        names = ", ".join(sorted(c.__name__ for c in classes)) or "none"
+        raise LocustfileError(
+            f"locustfile {path} must define exactly one User class with tasks, found "
+            f"{len(classes)} ({names})"
+        )
+    return classes[0]
+
+
+def set_pace(user_class: type[User], per_user_rps: float | None) -> None:
+    """Constant arrivals per user (open-model step) or none at all (closed-loop overload)."""
+    user_class.wait_time = (  # type: ignore[method-assign]
+        paced(per_user_rps) if per_user_rps else constant(0)
+    )
+
+
+class Recorder:
+    """This process's current Window: fed by the `request` event, swapped at boundaries."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self.window = Window(started=time.monotonic())
+        self._sampler: gevent.Greenlet | None = None
+        self._start_sampling()
+
+    def _cpu_now(self) -> tuple[float, float]:
+        times = self._process.cpu_times()
+        return times.user + times.system, time.monotonic()
+
+    def _start_sampling(self) -> None:
+        """Sample CPU every second from the swap on, so each sample lies inside the window."""
+        if self._sampler is not None:
+            self._sampler.kill(block=False)
+        self._window_cpu_start = self._cpu_now()
+        self._sampler = gevent.spawn(self._sample, self.window)
+
+    def _sample(self, window: Window) -> None:
+        last_cpu, last_t = self._cpu_now()
+        while True:
+            gevent.sleep(CPU_SAMPLE_S)
+            cpu, now = self._cpu_now()
+            if now - last_t > 0.05:
+                window.cpu_peak = max(window.cpu_peak, (cpu - last_cpu) / (now - last_t))
+            last_cpu, last_t = cpu, now
+
+    def on_request(
+        self,
+        response_time: float | None = None,
+        response_length: int | None = None,
+        response: Any = None,
+        exception: BaseException | None = None,
+        **_: Any,
+    ) -> None:
+        kind = None
+        if exception is not None:
+            status = getattr(response, "status_code", 0) or 0
+            kind = f"HTTP {status}" if status >= 400 else type(exception).__name__
+        self.window.record(response_time or 0.0, kind, response_length or 0)
+
+    def on_cpu_warning(self, **_: Any) -> None:
+        self.window.cpu_warning = True
+
+    def swap(self) -> Window:
+        """Close the current window (with its mean CPU as a floor for the peak); open a new one."""
+        old = self.window
+        cpu, now = self._cpu_now()
+        start_cpu, start_t = self._window_cpu_start
+        if now - start_t > 0.2:
+            old.cpu_peak = max(old.cpu_peak, (cpu - start_cpu) / (now - start_t))
+        self.window = Window(started=now)
+        self._start_sampling()
+        return old
+
+
+class Collector:
+    """Windows of the whole generator: this process, plus every worker in distributed mode."""
+
+    def __init__(self, runner: Runner, recorder: Recorder, workers: int) -> None:
+        self.runner = runner
+        self.recorder = recorder
+        self.workers = workers
+        self._seq = 0
+        self._replies: dict[int, list[Window]] = {}
+        self.missing = 0
+        if workers:
+            runner.register_message("scalelab_window", self._on_window)
+
+    def _on_window(self, environment: Environment, msg: Any, **_: Any) -> None:
+        replies = self._replies.get(int(msg.data["seq"]))
+        if replies is not None:
+            replies.append(Window.from_wire(msg.data["window"]))
+
+    def pace(self, user_class: type[User], per_user_rps: float | None) -> None:
+        set_pace(user_class, per_user_rps)
+        if self.workers:
+            self.runner.send_message("scalelab_pace", {"per_user_rps": per_user_rps})
+
+    def swap(self) -> Window:
+        if not self.workers:
+            return self.recorder.swap()
+        self._seq += 1
+        seq = self._seq
+        self._replies[seq] = []
+        self.runner.send_message("scalelab_swap", {"seq": seq})
+        merged = self.recorder.swap()  # the master's own CPU
+        deadline = time.monotonic() + WINDOW_REPLY_TIMEOUT_S
+        while len(self._replies[seq]) < self.workers and time.monotonic() < deadline:
+            gevent.sleep(0.005)
+        replies = self._replies.pop(seq)
+        self.missing = self.workers - len(replies)
+        for window in replies:
+            merged.merge(window)
+        return merged
+
+
+class Child:
+    """Runs steps and survival tests on one Locust runner (local or master)."""
+
+    def __init__(self, args: argparse.Namespace, out: IO[str]) -> None:
+        self.out = out
+        self.user_class = load_user_class(args.locustfile)
+        self.user_class.host = args.url
+        self.env = Environment(user_classes=[self.user_class], events=events, host=args.url)
+        self.workers = args.workers
+        if self.workers:
+            self.runner: Runner = self.env.create_master_runner("127.0.0.1", args.master_port)
+        else:
+            self.runner = self.env.create_local_runner()
+        self.recorder = Recorder()
+        events.request.add_listener(self.recorder.on_request)
+        events.cpu_warning.add_listener(self.recorder.on_cpu_warning)
+        self.collector = Collector(self.runner, self.recorder, self.workers)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.out.write(json.dumps(message) + "\n")
+        self.out.flush()
+
+    def wait_for_workers(self) -> None:
+        assert isinstance(self.runner, MasterRunner)
+        deadline = time.monotonic() + WORKER_CONNECT_TIMEOUT_S
+        while len(self.runner.clients.ready) < self.workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"only {len(self.runner.clients.ready)} of {self.workers} load workers "
+                    f"connected within {WORKER_CONNECT_TIMEOUT_S:.0f} s"
+                )
+            gevent.sleep(0.05)
+
+    def _stop(self) -> None:
+        self.runner.stop()
+        if self.workers:
+            self.wait_for_workers()  # workers re-announce themselves ready after a stop
+
+    def _start(self, users: int, spawn_rate: float) -> None:
+        self._stop()
+        self.runner.start(users, spawn_rate=spawn_rate)
+
+    def step(self, offered_rps: float, warmup_s: float, hold_s: float) -> dict[str, Any]:
+        pool = pool_for(offered_rps, warmup_s, max(1, self.workers))
+        self._stop()
+        self.collector.pace(self.user_class, pool.per_user_rps)
+        self._start(pool.users, pool.spawn_rate)
+        gevent.sleep(warmup_s)
+        deadline = time.monotonic() + pool.spawn_s + 10
+        while self.runner.state == STATE_SPAWNING and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        self.collector.swap()  # discard the warm-up
+        started_at, t0 = time.time(), time.monotonic()
+        gevent.sleep(hold_s)
+        window = self.collector.swap()
+        duration = time.monotonic() - t0
+        self._stop()
+        saturated = window.cpu_peak >= SATURATED_CPU or window.cpu_warning
+        result = StepResult(
+            offered_rps=offered_rps,
+            achieved_rps=window.requests / duration,
+            p50_ms=window.percentile_ms(50),
+            p95_ms=window.percentile_ms(95),
+            p99_ms=window.percentile_ms(99),
+            error_rate=window.errors / window.requests if window.requests else 0.0,
+            requests=window.requests,
+            errors=window.errors,
+            errors_by_kind=dict(window.errors_by_kind),
+            duration_s=duration,
+            started_at=started_at,
+            ended_at=started_at + duration,
+            generator_cpu=window.cpu_peak,
+            generator_saturated=saturated,
+            users=pool.users,
+            response_bytes=window.response_bytes,
+        )
+        return result.to_dict()
+
+    def survival(self, users: int, limit_s: float) -> dict[str, Any]:
+        """Closed-loop overload (no wait between requests), judged each second."""
+        self._stop()
+        self.collector.pace(self.user_class, None)
+        self.collector.swap()
+        started_at, t0 = time.time(), time.monotonic()
+        self._start(users, spawn_rate=float(max(users, 1)))  # the whole pool within ~1 s
+        rule = SurvivalRule()
+        timeline: list[dict[str, float]] = []
+        verdict = None
+        for k in range(1, max(1, math.ceil(limit_s)) + 1):
+            gevent.sleep(max(0.0, t0 + k - time.monotonic()))
+            window = self.collector.swap()
+            t = round(time.monotonic() - t0, 3)
+            second = Second(
+                t=t,
+                requests=window.requests,
+                errors=window.errors,
+                p95_ms=window.percentile_ms(95),
+                errors_by_kind=dict(window.errors_by_kind),
+            )
+            point = {"t": t, "requests": second.requests, "errors": second.errors,
+                     "p95_ms": second.p95_ms}
+            timeline.append(point)
+            self.send({"type": "tick", **point})
+            verdict = rule.add(second)
+            if verdict is not None:
+                break
+        self._stop()
+        if verdict is None:
+            seconds = min(float(limit_s), timeline[-1]["t"] if timeline else 0.0)
+            result = SurvivalResult(seconds=seconds, held=True, limit_s=limit_s, users=users,
+                                    started_at=started_at, timeline=timeline)
+        else:
+            result = SurvivalResult(
+                seconds=verdict.failed_at_s, held=False, limit_s=limit_s, users=users,
+                started_at=started_at, failed_at=started_at + verdict.failed_at_s,
+                reason=verdict.reason, timeline=timeline,
+            )
+        return result.to_dict()
+
+    def serve(self, commands: IO[bytes]) -> None:
+        """Answer commands until `quit` or end of input."""
+        while True:
+            line = commands.readline()
+            if not line:
+                return
+            try:
+                command = json.loads(line)
+                name = command.get("cmd")
+                if name == "quit":
+                    return
+                if name == "step":
+                    result = self.step(float(command["offered_rps"]), float(command["warmup_s"]),
+                                       float(command["hold_s"]))
+                    self.send({"type": "step", "result": result})
+                elif name == "survival":
+                    result = self.survival(int(command["users"]), float(command["limit_s"]))
+                    self.send({"type": "survival", "result": result})
+                else:
+                    self.send({"type": "error", "message": f"unknown command {name!r}"})
+            except Exception as exc:  # noqa: BLE001 - report, keep serving
+                self.send({"type": "error", "message": f"{type(exc).__name__}: {exc}"})
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """A distributed worker: runs users, ships its windows to the master on request."""
+    user_class = load_user_class(args.locustfile)
+    user_class.host = args.url
+    env = Environment(user_classes=[user_class], events=events, host=args.url)
+    runner = env.create_worker_runner("127.0.0.1", args.master_port)
+    recorder = Recorder()
+    events.request.add_listener(recorder.on_request)
+    events.cpu_warning.add_listener(recorder.on_cpu_warning)
+
+    def on_pace(environment: Environment, msg: Any, **_: Any) -> None:
+        set_pace(user_class, msg.data["per_user_rps"])
+
+    def on_swap(environment: Environment, msg: Any, **_: Any) -> None:
+        window = recorder.swap()
+        runner.send_message("scalelab_window", {"seq": msg.data["seq"], "window": window.to_wire()})
+
+    runner.register_message("scalelab_pace", on_pace)
+    runner.register_message("scalelab_swap", on_swap)
+
+    def exit_when_orphaned() -> None:
+        stdin = FileObjectPosix(os.dup(0), "rb")
+        while stdin.readline():
+            pass
+        os._exit(0)
+
+    gevent.spawn(exit_when_orphaned)
+    runner.greenlet.join()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.load.child")
+    parser.add_argument("--role", choices=["local", "master", "worker"], default="local")
+    parser.add_argument("--locustfile", required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--master-port", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    # Keep the protocol channel private: anything printed goes to stderr instead.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    if args.role == "worker":
+        try:
+            run_worker(args)
+        except LocustfileError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        return 0
+
+    def fail(message: str) -> int:
+        out.write(json.dumps({"type": "error", "message": message}) + "\n")
+        out.flush()
+        return 2
+
+    try:
+        child = Child(args, out)
+        if args.workers:
+            child.wait_for_workers()
+    except LocustfileError as exc:
+        return fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - one line to the parent instead of a traceback
+        return fail(f"load generator failed to start: {type(exc).__name__}: {exc}")
+    child.send({"type": "ready"})
+    try:
+        child.serve(FileObjectPosix(os.dup(0), "rb"))
+    finally:
+        child.runner.quit()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

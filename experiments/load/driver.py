@@ -1,0 +1,282 @@
+"""Parent side of the load driver: starts the Locust child process(es) and talks JSON lines.
+
+This module never imports locust or gevent: `import locust` monkey-patches the whole process,
+which breaks boto3, grpc and the Pulumi Automation API in the runner. The child
+(`python -m experiments.load.child`) does the load; this side only sends commands, reads
+results and guarantees that every process it started is gone when the session ends — on
+success, on an exception inside the `with` block and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from experiments.errors import UserError
+from experiments.model import StepResult, SurvivalResult
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 90.0
+"""Importing locust and connecting N workers on a busy 2-core box takes a few seconds; be kind."""
+REPLY_MARGIN_S = 60.0
+QUIT_GRACE_S = 5.0
+
+
+@dataclass
+class LoadSettings:
+    locustfile: Path
+    """One User class (FastHttpUser), each task exactly one request; its wait_time is replaced."""
+    load_workers: int = 0
+    """0 = one local runner in one child; N = Locust distributed: a master plus N workers."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for the child(ren), e.g. SHOP_ALL_WEIGHT."""
+
+
+def check_loopback(url: str) -> None:
+    """Refuse any target that is not on 127.0.0.0/8 or localhost: we only ever load loopback."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        host, parts = "", None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        raise UserError(f"load target {url!r} is not an http(s) URL such as http://127.0.0.1:8000")
+    if host == "localhost":
+        return
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None or address not in ipaddress.ip_network("127.0.0.0/8"):
+        raise UserError(
+            f"load target {url!r} is not on loopback; the load driver only sends traffic to "
+            "127.0.0.0/8 or localhost"
+        )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Proc:
+    """One child process in its own session (so Ctrl-C hits us, and we kill its whole group)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], name: str) -> None:
+        self.name = name
+        self.stderr: IO[bytes] = tempfile.TemporaryFile(prefix=f"scalelab-{name}-")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "experiments.load.child", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+            start_new_session=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, name=f"scalelab-{name}-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for raw in self.popen.stdout:
+            self.lines.put(raw.decode("utf-8", "replace"))
+        self.lines.put(None)
+
+    def stderr_tail(self, lines: int = 5) -> str:
+        try:
+            self.stderr.seek(0)
+            text = self.stderr.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+        return " | ".join(line for line in text.strip().splitlines()[-lines:] if line.strip())
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write((json.dumps(message) + "\n").encode())
+        self.popen.stdin.flush()
+
+    def close_stdin(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if self.popen.stdin is not None:
+                self.popen.stdin.close()
+
+    def kill(self) -> None:
+        """SIGKILL the child's whole process group (it is its own session leader)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
+        with contextlib.suppress(OSError, ValueError):
+            if self.popen.stdout is not None:
+                self.popen.stdout.close()
+        self.stderr.close()
+
+
+class LoadSession:
+    """One load generator (a child, or a master plus workers) reused for all steps of a variant.
+
+    Use as a context manager. `step()` runs one open-model step, `survival()` the closed-loop
+    overload; both block until the child answers.
+    """
+
+    def __init__(self, url: str, settings: LoadSettings) -> None:
+        check_loopback(url)
+        if settings.load_workers < 0:
+            raise UserError(
+                f"--load-workers {settings.load_workers} is negative; use 0 (one local "
+                "generator) or a positive number of worker processes"
+            )
+        self.url = url
+        self.settings = settings
+        self._master: _Proc | None = None
+        self._workers: list[_Proc] = []
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def __enter__(self) -> LoadSession:
+        locustfile = Path(self.settings.locustfile).expanduser().resolve()
+        env = {**os.environ, **self.settings.env}
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        common = ["--locustfile", str(locustfile), "--url", self.url]
+        try:
+            if self.settings.load_workers:
+                port = _free_port()
+                dist = ["--workers", str(self.settings.load_workers), "--master-port", str(port)]
+                self._master = _Proc(["--role", "master", *common, *dist], env, "load-master")
+                for i in range(self.settings.load_workers):
+                    self._workers.append(
+                        _Proc(["--role", "worker", *common, "--master-port", str(port)], env,
+                              f"load-worker-{i}")
+                    )
+            else:
+                self._master = _Proc(["--role", "local", *common], env, "load")
+            self._expect("ready", STARTUP_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Ask the child to quit, then kill whatever is left (master and every worker)."""
+        procs = [p for p in (self._master, *self._workers) if p is not None]
+        if self._master is not None and self._master.popen.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                self._master.send({"cmd": "quit"})
+        for proc in procs:
+            proc.close_stdin()
+        deadline = time.monotonic() + QUIT_GRACE_S
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for proc in procs:
+            proc.kill()
+        self._master = None
+        self._workers = []
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the generator processes (for tests and the generator self-check)."""
+        return [p.popen.pid for p in (self._master, *self._workers) if p is not None]
+
+    # ---- protocol --------------------------------------------------------------------
+
+    def _expect(
+        self,
+        kind: str,
+        timeout_s: float,
+        on_tick: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Read lines until one of `kind` arrives; raise on an error line, EOF or timeout."""
+        master = self._require()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(
+                    f"load generator did not answer within {timeout_s:.0f} s "
+                    f"(stderr: {master.stderr_tail()})"
+                )
+            dead = [w for w in self._workers if w.popen.poll() is not None]
+            if dead:
+                raise RuntimeError(
+                    f"load worker exited with code {dead[0].popen.returncode} "
+                    f"(stderr: {dead[0].stderr_tail()})"
+                )
+            try:
+                line = master.lines.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            if line is None:
+                master.popen.wait(timeout=5)
+                raise RuntimeError(
+                    f"load generator exited with code {master.popen.returncode} "
+                    f"(stderr: {master.stderr_tail()})"
+                )
+            message = json.loads(line)
+            if message.get("type") == "error":
+                text = str(message.get("message", "unknown error"))
+                if text.startswith("locustfile "):
+                    raise UserError(text)
+                raise RuntimeError(f"load generator: {text}")
+            if message.get("type") == "tick" and on_tick is not None:
+                on_tick(message)
+                continue
+            if message.get("type") == kind:
+                return message
+
+    def _require(self) -> _Proc:
+        if self._master is None:
+            raise RuntimeError("LoadSession is not started; use it as a context manager")
+        return self._master
+
+    # ---- measurements ----------------------------------------------------------------
+
+    def step(self, offered_rps: float, warmup_s: float, hold_s: float) -> StepResult:
+        """Offer `offered_rps` arrivals/s: warm up, then measure for `hold_s` (passed=None)."""
+        if offered_rps <= 0 or warmup_s < 0 or hold_s <= 0:
+            raise UserError(
+                f"step needs offered_rps > 0, warmup_s >= 0 and hold_s > 0, got "
+                f"{offered_rps}, {warmup_s}, {hold_s}"
+            )
+        self._require().send(
+            {"cmd": "step", "offered_rps": offered_rps, "warmup_s": warmup_s, "hold_s": hold_s}
+        )
+        reply = self._expect("step", warmup_s + hold_s + REPLY_MARGIN_S)
+        return StepResult.from_dict(reply["result"])
+
+    def survival(
+        self, users: int, limit_s: float, on_tick: Callable[[float], None] | None = None
+    ) -> SurvivalResult:
+        """Closed-loop overload with `users` back-to-back users for up to `limit_s` seconds.
+
+        Rule (experiments.load.survival): failed when over the last 5 s more than 50 % of
+        requests were errors or none succeeded; otherwise held. `on_tick(seconds)` each second.
+        """
+        if users < 1 or limit_s <= 0:
+            raise UserError(f"survival needs users >= 1 and limit_s > 0, got {users}, {limit_s}")
+        self._require().send({"cmd": "survival", "users": users, "limit_s": limit_s})
+        tick = None if on_tick is None else (lambda m: on_tick(float(m["t"])))
+        reply = self._expect("survival", limit_s + REPLY_MARGIN_S, tick)
+        return SurvivalResult.from_dict(reply["result"])

@@ -1,0 +1,102 @@
+"""Exact-enough latency accounting for one measurement window.
+
+Locust's own stats round response times to about two significant digits (a true 497 ms can
+read 500 ms, 1234 ms reads 1200 ms): too coarse for an SLO verdict. A `Window` keeps an
+HdrHistogram with 3 significant digits (relative error <= 0.1 %) fed from Locust's `request`
+event, plus the counters a step needs. Windows travel between processes as plain dicts (the
+histogram HdrHistogram-encoded), so distributed workers ship theirs to the master, which merges.
+
+No locust or gevent import here: the parent and the unit tests use this module too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+LOWEST_US = 1
+HIGHEST_US = 600_000_000
+"""Ten minutes: longer than any client timeout, so no recorded value is ever clamped."""
+SIGNIFICANT_DIGITS = 3
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+
+@dataclass
+class Window:
+    """Everything that completed between two swaps, in one process (or merged over several)."""
+
+    requests: int = 0
+    errors: int = 0
+    response_bytes: int = 0
+    errors_by_kind: Counter[str] = field(default_factory=Counter)
+    histogram: HdrHistogram = field(default_factory=new_histogram)
+    cpu_peak: float = 0.0
+    """Highest CPU sample of any generator process in this window, fractions of one core."""
+    cpu_warning: bool = False
+    """Locust's own `cpu_warning` fired in some generator process during the window."""
+    started: float = 0.0
+    """time.monotonic() of the swap that opened the window (per process; informational)."""
+
+    def record(self, response_time_ms: float, error_kind: str | None, response_bytes: int) -> None:
+        """One completed request (success or failure); called from the `request` event."""
+        self.requests += 1
+        self.response_bytes += response_bytes
+        if error_kind is not None:
+            self.errors += 1
+            self.errors_by_kind[error_kind] += 1
+        value = int(round(response_time_ms * 1000.0))
+        self.histogram.record_value(min(max(value, LOWEST_US), HIGHEST_US))
+
+    @property
+    def successes(self) -> int:
+        return self.requests - self.errors
+
+    def percentile_ms(self, percentile: float) -> float:
+        """Latency at `percentile` (0-100) in ms; 0.0 when nothing completed."""
+        if self.histogram.get_total_count() == 0:
+            return 0.0
+        return self.histogram.get_value_at_percentile(percentile) / 1000.0
+
+    def merge(self, other: Window) -> None:
+        """Add another process's window into this one (the master's job in distributed mode)."""
+        self.requests += other.requests
+        self.errors += other.errors
+        self.response_bytes += other.response_bytes
+        self.errors_by_kind.update(other.errors_by_kind)
+        if other.histogram.get_total_count():
+            self.histogram.add(other.histogram)
+        self.cpu_peak = max(self.cpu_peak, other.cpu_peak)
+        self.cpu_warning = self.cpu_warning or other.cpu_warning
+
+    def to_wire(self) -> dict[str, Any]:
+        """A msgpack/JSON-safe dict (the histogram as its compressed base64 encoding)."""
+        count = self.histogram.get_total_count()
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "response_bytes": self.response_bytes,
+            "errors_by_kind": dict(self.errors_by_kind),
+            "histogram": self.histogram.encode().decode("ascii") if count else "",
+            "cpu_peak": self.cpu_peak,
+            "cpu_warning": self.cpu_warning,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Window:
+        encoded = data.get("histogram") or ""
+        histogram = HdrHistogram.decode(encoded.encode("ascii")) if encoded else new_histogram()
+        return cls(
+            requests=int(data["requests"]),
+            errors=int(data["errors"]),
+            response_bytes=int(data.get("response_bytes", 0)),
+            errors_by_kind=Counter({str(k): int(v) for k, v in data["errors_by_kind"].items()}),
+            histogram=histogram,
+            cpu_peak=float(data.get("cpu_peak", 0.0)),
+            cpu_warning=bool(data.get("cpu_warning", False)),
+        )
