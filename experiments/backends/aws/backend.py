@@ -1,0 +1,278 @@
+"""AwsBackend: deploy a variant with the Pulumi Automation API, wait until it really serves,
+hand it to the runner, and destroy it in `finally` whatever happened (error, Ctrl-C).
+
+Money is real here, so the order is strict: check prerequisites and the budget before creating
+anything; remember every stack brought up (and its region) on disk before `up`, so that a
+killed run can still be swept by `leftovers --backend aws --delete`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from experiments.backends.aws.automation import (
+    INSTALL_HINT,
+    LEFTOVERS_HINT,
+    error_line,
+    open_stack,
+    plain_outputs,
+    pulumi_env,
+    write_run_config,
+)
+from experiments.backends.aws.deployment import AwsDeployment
+from experiments.backends.aws.health import wait_healthy
+from experiments.backends.aws.state import LocalState
+from experiments.backends.aws.sweep import (
+    MANUAL_RUN,
+    TaggedResource,
+    delete_resources,
+    find_tagged,
+)
+from experiments.backends.base import Leftover
+from experiments.errors import UserError
+from stacks.variant import DEFAULT_REGION, PROJECT_DIR, Variant, load_variants
+
+DEFAULT_STATE_DIR = Path("~/.scalelab/pulumi-state")
+
+
+def _hourly_estimate(variant: Variant) -> float:
+    """Fallback when the runner passes no estimator: one billed hour of the stack."""
+    from experiments.catalog import load_catalog
+
+    catalog = load_catalog()
+    hourly = catalog.instance(variant.instance_type).hourly_price(variant.region) * variant.count
+    if variant.load_balancer:
+        hourly += catalog.region(variant.region).alb_hour
+    return hourly
+
+
+class AwsBackend:
+    """Satisfies experiments.backends.base.Backend for real AWS accounts."""
+
+    name = "aws"
+    health_poll_s: float = 5.0
+    sweep_retry_s: float = 10.0
+
+    def __init__(self, project_dir: Path = PROJECT_DIR, state_dir: Path | None = None,
+                 run_id: str = "manual", max_usd: float | None = None,
+                 estimate_usd: Callable[[Variant], float] | None = None,
+                 workspace_factory: Callable[..., Any] | None = None,
+                 session: Any | None = None, on_output: Callable[[str], None] | None = None,
+                 health_timeout_s: float = 600) -> None:
+        self.project_dir = Path(project_dir)
+        self.state_dir = Path(state_dir or DEFAULT_STATE_DIR).expanduser()
+        self.run_id = run_id
+        self.max_usd = max_usd
+        self.estimate_usd = estimate_usd or _hourly_estimate
+        self._factory = workspace_factory
+        self._session = session
+        self._on_output = on_output
+        self.health_timeout_s = health_timeout_s
+        self._state = LocalState(self.state_dir)
+        self._console: Any = None
+
+    # ---- plumbing ------------------------------------------------------------------------
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            import boto3
+
+            self._session = boto3.Session()
+        return self._session
+
+    def _emit(self, line: str) -> None:
+        """Pulumi's and our own progress lines: to the runner's display, else to stderr."""
+        line = line.rstrip("\n")
+        if self._on_output is not None:
+            self._on_output(line)
+            return
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        self._console.print(line, style="dim", markup=False, highlight=False)
+
+    def _pulumi_missing(self) -> bool:
+        return self._factory is None and shutil.which("pulumi") is None
+
+    # ---- before anything is created --------------------------------------------------------
+    def preflight(self, variants: list[Variant]) -> None:
+        """Refuse early, with one sentence, what would fail (or overspend) half-way."""
+        if self._pulumi_missing():
+            raise UserError(f"the `pulumi` command was not found; {INSTALL_HINT} to use "
+                            "--backend aws, or run without it to use the local backend.")
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            credentials = self.session.get_credentials()
+        except BotoCoreError as exc:
+            raise UserError(f"the AWS configuration could not be read ({exc}); fix AWS_PROFILE "
+                            "or ~/.aws/config before using --backend aws.") from None
+        if credentials is None:
+            raise UserError("no AWS credentials were found; run `aws configure` (or set "
+                            "AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) "
+                            "before using --backend aws.")
+        if self.max_usd is not None:
+            total = sum(self.estimate_usd(v) for v in variants)
+            if total > self.max_usd:
+                names = ", ".join(v.name for v in variants)
+                raise UserError(f"the estimated cost of deploying {names} is ${total:.2f}, above "
+                                f"--max-usd {self.max_usd:.2f}; raise --max-usd or pick fewer "
+                                "variants with --variants.")
+
+    # ---- one deployment ---------------------------------------------------------------------
+    @contextmanager
+    def deployed(self, variant: Variant) -> Iterator[AwsDeployment]:
+        """select → config → up → wait healthy → yield → destroy (in `finally`, always)."""
+        run_id = self.run_id if self.run_id != MANUAL_RUN else variant.run_id
+        self._state.remember_region(variant.region)
+        self._state.mark_running(run_id)
+        stack: Any = None
+        config_file: Path | None = None
+        failure: BaseException | None = None
+        try:
+            stack = open_stack(self._factory, variant.name, self.project_dir,
+                               pulumi_env(self.state_dir))
+            config_file = write_run_config(variant, run_id, self.project_dir,
+                                           self._config_dir(run_id))
+            self._state.add_pending_stack(variant.name, run_id, variant.region)
+            started = time.time()
+            outputs = self._up(stack, variant.name, config_file)
+            deployment = self._deployment(variant, outputs, started)
+            self._wait_healthy(deployment)
+            yield deployment
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            try:
+                if stack is not None and config_file is not None:
+                    self._destroy(stack, variant.name, config_file, failure)
+            finally:
+                self._state.unmark_running(run_id)
+
+    def _config_dir(self, run_id: str) -> Path:
+        return self.state_dir / "run-config" / run_id
+
+    def _up(self, stack: Any, name: str, config_file: Path) -> dict[str, Any]:
+        from pulumi.automation.errors import CommandError
+
+        self._emit(f"pulumi up: stack {name}")
+        try:
+            result = stack.up(on_output=self._emit, config_file=str(config_file))
+        except CommandError as exc:
+            raise UserError(f"pulumi up of stack {name!r} failed ({error_line(exc)}); whatever "
+                            "it created is being destroyed.") from None
+        return plain_outputs(result)
+
+    def _deployment(self, variant: Variant, outputs: dict[str, Any],
+                    started: float) -> AwsDeployment:
+        url = str(outputs.get("url") or "")
+        if not url:
+            raise UserError(f"stack {variant.name!r} exported no 'url' output; the Pulumi program "
+                            "must export url, instance_ids and target_group_arn.")
+        if "://" not in url:
+            url = f"http://{url}"
+        ids = outputs.get("instance_ids") or []
+        if isinstance(ids, str):
+            ids = json.loads(ids) if ids.startswith("[") else [ids]
+        return AwsDeployment(
+            variant=variant, url=url.rstrip("/"), instance_ids=[str(i) for i in ids],
+            started_at=started, extra={"stack": variant.name, "outputs": outputs},
+            region=str(outputs.get("region") or variant.region),
+            target_group_arn=str(outputs.get("target_group_arn") or ""),
+            session=self.session, on_output=self._emit)
+
+    def _wait_healthy(self, deployment: AwsDeployment) -> None:
+        tg = deployment.target_group_arn
+        elbv2 = self.session.client("elbv2", region_name=deployment.region) if tg else None
+        waited = wait_healthy(
+            deployment.url + deployment.variant.app.health_path, elbv2, tg,
+            self.health_timeout_s, self.health_poll_s, self._emit,
+            expected_targets=deployment.variant.count if tg else 0)
+        deployment.extra["healthy_after_s"] = round(waited, 1)
+
+    def _destroy(self, stack: Any, name: str, config_file: Path | None,
+                 failure: BaseException | None) -> None:
+        """Destroy but keep the stack and its config (`remove` would delete the stack file)."""
+        self._emit(f"pulumi destroy: stack {name}")
+        kwargs: dict[str, Any] = {"on_output": self._emit}
+        if config_file is not None and config_file.exists():
+            kwargs["config_file"] = str(config_file)
+        try:
+            stack.destroy(**kwargs)
+        except BaseException as exc:  # also a second Ctrl-C: say what is left, then stop
+            message = (f"pulumi destroy of stack {name!r} failed ({error_line(exc)}); its "
+                       f"resources may still cost money: {LEFTOVERS_HINT}.")
+            if failure is None:
+                raise UserError(message) from None
+            self._emit(message)  # do not hide the error that brought us here
+            return
+        self._state.drop_pending_stack(name)
+
+    # ---- leftovers -----------------------------------------------------------------------------
+    def _regions(self) -> list[str]:
+        regions = set(self._state.regions())
+        with suppress(UserError):
+            regions |= {v.region for v in load_variants()}
+        regions.add(getattr(self.session, "region_name", None) or DEFAULT_REGION)
+        return sorted(regions)
+
+    def _tagged(self) -> list[TaggedResource]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        running = self._state.running_run_ids()
+        try:
+            found = find_tagged(self.session, self._regions())
+        except (BotoCoreError, ClientError) as exc:
+            raise UserError(f"listing resources tagged project=scalelab failed ({exc}); check "
+                            "the AWS credentials and the tag:GetResources permission.") from None
+        return [r for r in found if r.run_id not in running]
+
+    def _stale_stacks(self) -> dict[str, dict[str, str]]:
+        running = self._state.running_run_ids()
+        return {name: info for name, info in self._state.pending_stacks().items()
+                if info.get("run_id") not in running}
+
+    def leftovers(self) -> list[Leftover]:
+        """Stacks a killed run did not destroy, and tagged resources of runs no longer alive."""
+        found = [Leftover(kind="pulumi-stack", ident=name, run_id=info.get("run_id", ""),
+                          detail=f"({info.get('region', '?')}) not destroyed by its run")
+                 for name, info in self._stale_stacks().items()]
+        for r in self._tagged():
+            detail = f"({r.region}) variant {r.variant or '?'}"
+            if r.run_id == MANUAL_RUN:
+                detail += " deployed by hand (run-id manual): kept; `pulumi destroy` it yourself"
+            found.append(Leftover(kind=f"aws:{r.kind}", ident=r.ident, detail=detail,
+                                  run_id=r.run_id))
+        return found
+
+    def delete_leftovers(self) -> Iterator[Leftover]:
+        """`pulumi destroy` stale stacks first (keeps Pulumi's state true), then sweep the rest
+        with boto3. Stacks deployed by hand (run-id manual) are never touched."""
+        for name, info in self._stale_stacks().items():
+            if self._pulumi_missing():
+                self._emit(f"the `pulumi` command was not found; stack {name} is cleaned up with "
+                           "boto3 only and its Pulumi state will be stale.")
+                break
+            run_id = info.get("run_id", "")
+            try:
+                stack = open_stack(self._factory, name, self.project_dir,
+                                   pulumi_env(self.state_dir))
+                config_file = self._config_dir(run_id) / f"Pulumi.{name}.yaml"
+                self._destroy(stack, name, config_file, failure=None)
+            except UserError as exc:
+                self._emit(str(exc))
+                continue
+            yield Leftover(kind="pulumi-stack", ident=name, run_id=run_id,
+                           detail=f"({info.get('region', '?')}) destroyed")
+        sweep = [r for r in self._tagged() if r.run_id != MANUAL_RUN]
+        for r in delete_resources(self.session, sweep, self._emit, self.sweep_retry_s):
+            yield Leftover(kind=f"aws:{r.kind}", ident=r.ident, run_id=r.run_id,
+                           detail=f"({r.region}) deleted")

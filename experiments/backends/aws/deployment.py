@@ -1,0 +1,51 @@
+"""A running AWS stack: signals from CloudWatch, logs through SSM, never a crash on either."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from experiments.backends.aws.logs import collect_logs, note
+from experiments.backends.aws.signals import InstanceShape, collect_signals
+from experiments.backends.base import Deployment
+from experiments.model import Observations
+
+
+@dataclass
+class AwsDeployment(Deployment):
+    region: str = ""
+    target_group_arn: str = ""
+    session: Any = field(default=None, repr=False)
+    period_s: int = 60
+    """CloudWatch period: 60 s needs detailed monitoring on the instances (else 5-min points)."""
+    ssm_timeout_s: float = 90.0
+    on_output: Callable[[str], None] | None = field(default=None, repr=False)
+
+    def _client(self, service: str) -> Any:
+        return self.session.client(service, region_name=self.region)
+
+    def shape(self) -> InstanceShape:
+        mib = 1024 * 1024
+        return InstanceShape(vcpu=self.variant.vcpu, memory_bytes=self.variant.memory_mib * mib,
+                             swap_bytes=self.variant.swap_mib * mib)
+
+    def observe(self) -> Observations:
+        """Everything since `started_at`: CloudWatch samples, then Gunicorn and kernel lines."""
+        now = time.time()
+        observations = Observations()
+        try:
+            observations.signals = collect_signals(
+                self._client("cloudwatch"), self.instance_ids, self.started_at, now,
+                self.shape(), self.period_s)
+        except Exception as exc:
+            observations.logs.append(note(now, f"CloudWatch get_metric_data failed, no signals "
+                                               f"collected: {exc}"))
+        try:
+            observations.logs.extend(collect_logs(self._client("ssm"), self.instance_ids,
+                                                  self.started_at, self.ssm_timeout_s))
+        except Exception as exc:
+            observations.logs.append(note(now, f"SSM log collection failed: {exc}"))
+        observations.logs.sort(key=lambda line: line.t)
+        return observations

@@ -1,0 +1,111 @@
+"""Gunicorn and kernel log lines from the instances via SSM Run Command (no SSH, no open port).
+
+One `AWS-RunShellScript` per deployment prints two marked sections per instance: kernel OOM
+lines first (few, decisive) and then Gunicorn's error log without access lines, because SSM
+returns at most 24,000 characters of output. `journalctl -o short-unix` gives each line its
+own Unix time, so the diagnosis can line a SIGKILL up with the memory samples.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from experiments.model import LogLine
+
+APP_UNIT = "scalelab-app"
+KERNEL_MARK = "--- scalelab:kernel ---"
+APP_MARK = "--- scalelab:gunicorn ---"
+OOM_PATTERN = "killed process|out of memory|oom-kill|invoked oom-killer"
+ACCESS_LINE = r'" [0-9]{3} [0-9-]+'  # `"GET / HTTP/1.1" 200 1234` — Gunicorn's access log
+TERMINAL = {"Success", "Cancelled", "TimedOut", "Failed", "Cancelling", "Undeliverable",
+            "Terminated", "InvalidPlatform", "AccessDenied", "DeliveryTimedOut",
+            "ExecutionTimedOut"}
+_SHORT_UNIX = re.compile(r"^(\d+(?:\.\d+)?)\s+\S+\s+([^:]+):\s?(.*)$")
+
+
+def shell_script(since: float, app_lines: int = 150, kernel_lines: int = 40) -> list[str]:
+    """The commands sent to every instance (kept POSIX sh: SSM runs them with /bin/sh)."""
+    since_arg = f"@{int(since)}"
+    return [
+        f"echo '{KERNEL_MARK}'",
+        "if command -v journalctl >/dev/null 2>&1; then "
+        f"journalctl -k --since {since_arg} -o short-unix --no-pager 2>/dev/null"
+        f" | grep -iE '{OOM_PATTERN}' | tail -n {kernel_lines}; "
+        f"else dmesg 2>/dev/null | grep -iE '{OOM_PATTERN}' | tail -n {kernel_lines}; fi; true",
+        f"echo '{APP_MARK}'",
+        f"journalctl -u {APP_UNIT} --since {since_arg} -o short-unix --no-pager 2>/dev/null"
+        f" | grep -vE '{ACCESS_LINE}' | tail -n {app_lines}; true",
+    ]
+
+
+def parse_output(instance: str, text: str, now: float) -> list[LogLine]:
+    """Split the two sections into LogLines; lines without a journal time get `now`."""
+    lines: list[LogLine] = []
+    source = ""
+    for raw in text.splitlines():
+        if raw.strip() == KERNEL_MARK:
+            source = f"kernel:{instance}"
+            continue
+        if raw.strip() == APP_MARK:
+            source = f"gunicorn:{instance}"
+            continue
+        if not source or not raw.strip():
+            continue
+        match = _SHORT_UNIX.match(raw)
+        if match:
+            lines.append(LogLine(t=float(match.group(1)), source=source, text=match.group(3)))
+        else:
+            lines.append(LogLine(t=now, source=source, text=raw.strip()))
+    return lines
+
+
+def collect_logs(ssm: Any, instance_ids: list[str], since: float, timeout_s: float = 90.0,
+                 poll_s: float = 2.0) -> list[LogLine]:
+    """Run the script on every instance and gather its lines; failures become note lines."""
+    if not instance_ids:
+        return []
+    now = time.time()
+    try:
+        command = ssm.send_command(
+            InstanceIds=instance_ids, DocumentName="AWS-RunShellScript",
+            Comment="scalelab: collect gunicorn and kernel OOM lines",
+            Parameters={"commands": shell_script(since), "executionTimeout": ["60"]},
+            TimeoutSeconds=max(30, int(timeout_s)))["Command"]
+    except Exception as exc:
+        return [note(now, f"SSM send_command failed, no instance logs collected: {exc}")]
+    lines: list[LogLine] = []
+    deadline = time.monotonic() + timeout_s
+    for instance in instance_ids:
+        lines.extend(_invocation_lines(ssm, command["CommandId"], instance, deadline, poll_s, now))
+    return lines
+
+
+def _invocation_lines(ssm: Any, command_id: str, instance: str, deadline: float, poll_s: float,
+                      now: float) -> list[LogLine]:
+    while True:
+        try:
+            result = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance)
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code != "InvocationDoesNotExist" or time.monotonic() > deadline:
+                return [note(now, f"SSM get_command_invocation on {instance} failed: {exc}")]
+            time.sleep(poll_s)
+            continue
+        status = result.get("Status", "")
+        if status in TERMINAL:
+            out = parse_output(instance, result.get("StandardOutputContent", ""), now)
+            if status != "Success":
+                out.append(note(now, f"SSM log command on {instance} ended {status}: "
+                                     f"{result.get('StandardErrorContent', '').strip()[:200]}"))
+            return out
+        if time.monotonic() > deadline:
+            return [note(now, f"SSM log command on {instance} still {status} at the deadline; "
+                              "its logs are missing")]
+        time.sleep(poll_s)
+
+
+def note(t: float, text: str) -> LogLine:
+    """A line about collection itself, so a missing log is visible in the results."""
+    return LogLine(t=t, source="backend:aws", text=text)
