@@ -126,6 +126,8 @@ class BillOfMaterials:
     root_gb: float = 0.0
     extra_volume_gb: float = 0.0
     public_ipv4: int = 0
+    alb_public_ipv4: int = 0
+    """The part of public_ipv4 the ALB holds (one per subnet/AZ when internet-facing)."""
     alb: bool = False
     alb_subnets: int = 0
     listener_rules: int = 1
@@ -151,6 +153,22 @@ def _get(inputs: dict[str, Any], *path: str, default: Any = None) -> Any:
             return default
         node = node[key]
     return node
+
+
+def rescaled(bom: BillOfMaterials, instance_type: str, count: int) -> BillOfMaterials:
+    """The same stack with `count` instances of `instance_type` (what `plan` prices): per-instance
+    volumes and addresses scale, the ALB and its addresses stay."""
+    it = load_catalog().instance(instance_type)
+    per = max(1, bom.instance_count)
+    unlimited = bool(bom.unlimited_instances) if it.burstable else False
+    return BillOfMaterials(
+        instances=Counter({instance_type: count}), instance_vcpus=it.vcpu * count,
+        unlimited_instances=Counter({instance_type: count}) if unlimited else Counter(),
+        root_gb=bom.root_gb / per * count, extra_volume_gb=bom.extra_volume_gb,
+        public_ipv4=round((bom.public_ipv4 - bom.alb_public_ipv4) / per * count)
+        + bom.alb_public_ipv4,
+        alb_public_ipv4=bom.alb_public_ipv4, alb=bom.alb, alb_subnets=bom.alb_subnets,
+        listener_rules=bom.listener_rules, notes=list(bom.notes))
 
 
 def bill_of_materials(resources: list[Any], variant: Variant) -> BillOfMaterials:
@@ -215,6 +233,7 @@ def bill_of_materials(resources: list[Any], variant: Variant) -> BillOfMaterials
             bom.alb_subnets += n
             if not r.inputs.get("internal"):
                 bom.public_ipv4 += n
+                bom.alb_public_ipv4 += n
         elif r.type in EIP_TYPES:
             bom.public_ipv4 += 1
         elif r.type in VOLUME_TYPES:
@@ -355,14 +374,20 @@ def price_bom(bom: BillOfMaterials, prices: PriceTable, name: str = "",
     )
 
 
-def price_variant(variant: Variant, traffic: MeasuredTraffic | None = None,
-                  surplus_credits_per_hour: float = 0.0, region: str | None = None,
-                  live_prices: bool = False) -> CostBreakdown:
-    """Price what the variant's Pulumi program declares, in `region` (default: the stack's)."""
+def variant_bom(variant: Variant) -> BillOfMaterials:
+    """The bill of materials of what the variant's program declares (with a note on fallback)."""
     resources, note = declared(variant)
     bom = bill_of_materials(resources, variant)
     if note:
         bom.notes.insert(0, note)
+    return bom
+
+
+def price_variant(variant: Variant, traffic: MeasuredTraffic | None = None,
+                  surplus_credits_per_hour: float = 0.0, region: str | None = None,
+                  live_prices: bool = False) -> CostBreakdown:
+    """Price what the variant's Pulumi program declares, in `region` (default: the stack's)."""
+    bom = variant_bom(variant)
     prices = get_prices(region or variant.region, list(bom.instances), live=live_prices)
     return price_bom(bom, prices, variant.name, traffic, surplus_credits_per_hour)
 
@@ -399,7 +424,7 @@ def _print_table(breakdowns: list[CostBreakdown]) -> None:
 
     console = Console()
     table = Table(title="What each stack costs on AWS (on-demand USD per hour)",
-                  title_justify="left", box=box.SIMPLE_HEAD)
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("variant", style="bold", no_wrap=True)
     for col in ("instances", "EBS", "IPv4", "ALB", "LCU", "total/h", "/month"):
         table.add_column(col, justify="right", no_wrap=True)
@@ -416,17 +441,3 @@ def _print_table(breakdowns: list[CostBreakdown]) -> None:
                       f"month = {first.hours_per_month:g} h.", highlight=False)
     for n in dict.fromkeys(n for b in breakdowns for n in b.notes):
         console.print(f"  • {n}", highlight=False)
-
-
-def surplus_credits_per_hour(samples: list[Any]) -> float:
-    """Cumulative surplus_credits across instances → credits per hour over the sampled span."""
-    by_instance: dict[str, list[Any]] = {}
-    for s in samples:
-        if s.surplus_credits is not None:
-            by_instance.setdefault(s.instance, []).append(s)
-    total, span = 0.0, 0.0
-    for rows in by_instance.values():
-        rows.sort(key=lambda s: s.t)
-        total += max(0.0, rows[-1].surplus_credits - rows[0].surplus_credits)
-        span = max(span, rows[-1].t - rows[0].t)
-    return total / span * 3600 if span > 0 else 0.0
