@@ -44,6 +44,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from experiments.catalog import load_catalog
+from experiments.errors import UserError
 from experiments.model import (
     Failure,
     LogLine,
@@ -437,14 +439,13 @@ def _swap_thrash(ctx: _Context) -> _Finding | None:
 def _credits_exhausted(ctx: _Context) -> _Finding | None:
     if ctx.variant.credit_mode != "standard":
         return None
+    baseline_ratio: float | None
     try:
-        from experiments.catalog import load_catalog
-
         itype = load_catalog().instance(ctx.variant.instance_type)
         if not itype.burstable:
             return None
         baseline_ratio = itype.baseline_per_vcpu
-    except Exception:  # an unknown type: judge from the signals alone
+    except (UserError, KeyError):  # a type the catalog lacks: judge from the signals alone
         baseline_ratio = None
     end = max((hi for _, hi in ctx.windows), default=math.inf)
     for inst, samples in ctx.samples().items():
