@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     django.setup()
     from django.db import DatabaseError, connection
 
-    from shop.seed import DEFAULT_PRODUCTS, MAX_PRODUCTS, seed
+    from shop.catalog import DEFAULT_PRODUCTS, MAX_PRODUCTS
+    from shop.seed import seed
 
     products = DEFAULT_PRODUCTS if args.products is None else args.products
     if not 1 <= products <= MAX_PRODUCTS:

@@ -3,6 +3,11 @@ SEARCH_TERMS (it must import nothing but locust); tests check the two agree."""
 
 from __future__ import annotations
 
+DEFAULT_PRODUCTS = 150_000
+"""`python -m shop seed`'s default: large enough that `?all=1` by two sync workers at once
+outgrows a t2.micro (see benchmarks/bench_shop.py), while one at a time fits."""
+MAX_PRODUCTS = 5_000_000
+
 CATEGORIES: tuple[tuple[str, str], ...] = tuple((name.lower().replace(" & ", "-")
                                                  .replace(" ", "-"), name) for name in (
     "Books", "Music", "Movies", "Games", "Computers", "Phones", "Cameras", "Audio",

@@ -6,7 +6,8 @@ One user class, `Shopper`, whose every task makes exactly ONE HTTP request: the 
 runner replaces `wait_time` with constant pacing, so tasks/s per user = requests/s per user.
 Requests are named by route (`/products/[id]`, not `/products/123/`) so stats group sensibly.
 
-Weights (out of 100 with the default SHOP_ALL_WEIGHT=1):
+Weights (out of 100 with the default SHOP_ALL_WEIGHT=1; list pages are mostly the first few,
+one in ten anywhere in the catalogue, a quarter of them filtered by category):
     /products/?page 40, /products/[id] 30, /search/ 5, /cart/ 14, /orders/ 10,
     /products/?all=1 SHOP_ALL_WEIGHT (default 1; 0 disables it; 5 makes the memory hazard
     five times as frequent).
@@ -40,6 +41,7 @@ SEARCH_TERMS = ("kettle", "wireless", "bamboo", "walnut", "guitar", "alpine", "c
                 "waterproof", "nothing-matches-this")
 PAGE_SIZE = 20
 CART_LINES_BEFORE_ORDER = 3
+DEEP_PAGE_SHARE = 0.1
 
 
 def _weight(name: str, default: int) -> int:
@@ -70,7 +72,11 @@ class Shopper(FastHttpUser):
     @task(40)
     def browse(self) -> None:
         pages = max(1, -(-Shopper.products // PAGE_SIZE))
-        params = f"page={random.randint(1, pages)}"
+        if random.random() < DEEP_PAGE_SHARE:  # a deep page: the database skips OFFSET rows
+            page = random.randint(1, pages)
+        else:  # most shoppers stay on the first few pages (mean 5)
+            page = min(pages, 1 + int(random.expovariate(1 / 4)))
+        params = f"page={page}"
         if random.random() < 0.25:
             params = f"category={random.choice(CATEGORIES)}&page=1"
         with self.client.get(f"/products/?{params}", name="/products/?page",

@@ -17,13 +17,11 @@ from decimal import Decimal
 from django.core.management import call_command
 from django.db import connection, transaction
 
-from shop.catalog import CATEGORIES, NOUNS, WORDS
+from shop.catalog import CATEGORIES, DEFAULT_PRODUCTS, NOUNS, WORDS
 from shop.models import SeedMark
 
 SEED_VERSION = 1
 """Bump when the generator changes, so old data files are rewritten instead of reused."""
-DEFAULT_PRODUCTS = 150_000
-MAX_PRODUCTS = 5_000_000
 RNG_SEED = 20231125
 BATCH = 10_000
 DESCRIPTION_WORDS = 40
