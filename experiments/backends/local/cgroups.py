@@ -349,14 +349,16 @@ def detect_layout(mounts_file: Path = Path("/proc/mounts"),
     return CgroupLayout(2, {"unified": prepare_v2_parent(unified, own.get("", "/"))})
 
 
-def prepare_v2_parent(unified: Path, own_path: str) -> Path:
+def prepare_v2_parent(unified: Path, own_path: str, as_root: bool | None = None) -> Path:
     """Return a v2 directory whose children may carry memory and cpu limits.
 
     Root: `<mount>/scalelab` under the root cgroup. Otherwise our own (delegated) cgroup; v2
     forbids processes in a cgroup that hands controllers to children, so our own processes move
     into a `scalelab-supervisor` leaf first.
     """
-    if os.geteuid() == 0:
+    if as_root is None:
+        as_root = os.geteuid() == 0
+    if as_root:
         parent = unified / "scalelab"
         try:
             parent.mkdir(exist_ok=True)

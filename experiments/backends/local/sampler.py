@@ -79,6 +79,7 @@ class SampledInstance:
 
 
 _KILLED = re.compile(r"Killed process (\d+)")
+_PID = re.compile(r"\bpid=(\d+)")
 
 
 class KernelLog:
@@ -154,8 +155,13 @@ class Sampler:
             for text in events:
                 self.sink_log(LogLine(now, f"kernel:{inst.name}", text))
             for line in kernel:
+                # `oom-kill:...,task_memcg=/.../<our cgroup>,task=python,pid=N` names the cgroup;
+                # the `Killed process N` line that follows only names the pid.
+                mine = inst.cgroup.name in line
+                if mine:
+                    inst.pids_seen.update(int(p) for p in _PID.findall(line))
                 m = _KILLED.search(line)
-                if m and int(m.group(1)) in inst.pids_seen:
+                if mine or (m and int(m.group(1)) in inst.pids_seen):
                     self.sink_log(LogLine(now, f"kernel:{inst.name}", line))
         if self.haproxy_socket is not None:
             self.poll_haproxy(now)

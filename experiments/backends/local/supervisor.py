@@ -122,13 +122,13 @@ class Supervisor:
             self._log(f"restarted gunicorn master pid {new.pid} (restart #{self.restarts})")
 
     def stop(self, grace_s: float = 1.5) -> None:
-        """Quick shutdown (SIGINT: Gunicorn stops workers at once), then SIGKILL the group."""
+        """Graceful stop (SIGTERM: idle workers exit at once), then SIGKILL the group."""
         with self._lock:
             self._stopping.set()
             proc = self.proc
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGINT)
+                os.killpg(proc.pid, signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(grace_s)
         if proc is not None:

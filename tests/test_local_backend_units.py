@@ -1,0 +1,188 @@
+"""Local backend pieces that need no root: cgroup v2 file writes (fake tree), credit bucket,
+cpu_scale, HAProxy config, loopback addresses, bad input."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from experiments.backends.local import LocalBackend, pick_addresses
+from experiments.backends.local.cgroups import CgroupV2, detect_layout, prepare_v2_parent
+from experiments.backends.local.credits import CreditBucket
+from experiments.backends.local.haproxy import Target, render_config
+from experiments.catalog import load_catalog
+from experiments.errors import UserError
+from stacks.variant import HealthCheck, Variant
+
+
+def _fake_v2(root: Path) -> None:
+    """A cgroup2 mount as the kernel shows it: controllers available, none delegated yet."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (root / "cgroup.subtree_control").write_text("")
+    (root / "cgroup.procs").write_text("1\n")
+
+
+def test_v2_limits_are_written_as_memory_max_swap_max_and_cpu_max(tmp_path: Path) -> None:
+    cg = CgroupV2("scalelab-p1-abc-micro-i0", tmp_path)
+    cg.create()
+    cg.set_limits(memory_bytes=674 * 1024 * 1024, swap_bytes=0, swappiness=60, cpu_cores=0.33)
+    assert (cg.path / "memory.max").read_text() == str(674 * 1024 * 1024)
+    assert (cg.path / "memory.swap.max").read_text() == "0"
+    assert (cg.path / "cpu.max").read_text() == "33000 100000"
+    assert (cg.path / "memory.oom.group").read_text() == "0"
+    cg.set_cpu(0.033)
+    assert cg.read_limits() == {"memory_bytes": 674 * 1024 * 1024, "swap_bytes": 0,
+                                "cpu_quota_us": 3300, "cpu_period_us": 100000}
+    cg.set_limits(memory_bytes=None, swap_bytes=2048 * 1024 * 1024, swappiness=60,
+                  cpu_cores=None)
+    assert (cg.path / "memory.max").read_text() == "max"
+    assert (cg.path / "cpu.max").read_text() == "max 100000"
+
+
+def test_v2_stats_read_the_v2_counters(tmp_path: Path) -> None:
+    cg = CgroupV2("scalelab-x-i0", tmp_path)
+    cg.create()
+    files = {
+        "memory.current": "1048576", "memory.max": "2097152", "memory.swap.current": "4096",
+        "memory.stat": "anon 100\npgmajfault 7\n",
+        "cpu.stat": "usage_usec 2500000\nthrottled_usec 500000\nnr_throttled 3\n",
+        "memory.events": "low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\n",
+    }
+    for name, text in files.items():
+        (cg.path / name).write_text(text)
+    st = cg.stats()
+    assert (st.memory_bytes, st.memory_limit_bytes, st.swap_bytes) == (1048576, 2097152, 4096)
+    assert (st.major_faults, st.cpu_usage_s, st.throttled_s, st.oom_kills) == (7, 2.5, 0.5, 2)
+
+
+def test_v2_layout_is_detected_and_controllers_delegated(tmp_path: Path) -> None:
+    root = tmp_path / "cg2"
+    _fake_v2(root)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"cgroup2 {root} cgroup2 rw,nosuid 0 0\nproc /proc proc rw 0 0\n")
+    own = tmp_path / "self_cgroup"
+    own.write_text("0::/user.slice/session-1.scope\n")
+    (root / "scalelab").mkdir()
+    (root / "scalelab" / "cgroup.controllers").write_text("cpu memory\n")
+    (root / "scalelab" / "cgroup.subtree_control").write_text("")
+    layout = detect_layout(mounts_file=mounts, cgroup_file=own)
+    assert layout.version == 2
+    parent = layout.parents["unified"]
+    # subtree_control is a plain file here: the last write is what the kernel would get.
+    assert (parent / "cgroup.subtree_control").read_text() in ("+memory", "+cpu")
+    assert isinstance(layout.make("scalelab-p1-i0"), CgroupV2)
+
+
+def test_delegated_v2_subtree_moves_our_processes_into_a_leaf(tmp_path: Path) -> None:
+    scope = tmp_path / "user.slice" / "run-1.scope"
+    _fake_v2(scope)
+    (scope / "cgroup.procs").write_text("4242\n")
+    parent = prepare_v2_parent(tmp_path, "/user.slice/run-1.scope", as_root=False)
+    assert parent == scope
+    assert (scope / "scalelab-supervisor" / "cgroup.procs").read_text() == "4242"
+    assert (scope / "cgroup.subtree_control").read_text() in ("+memory", "+cpu")
+    (scope / "cgroup.controllers").write_text("pids\n")
+    with pytest.raises(UserError, match="lacks the cpu, memory controller"):
+        prepare_v2_parent(tmp_path, "/user.slice/run-1.scope", as_root=False)
+
+
+def test_missing_cgroups_is_one_sentence(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text("proc /proc proc rw 0 0\n")
+    own = tmp_path / "self_cgroup"
+    own.write_text("0::/\n")
+    with pytest.raises(UserError, match="cgroup"):
+        detect_layout(mounts_file=mounts, cgroup_file=own)
+
+
+def test_missing_v1_cpu_controller_names_it(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"cgroup {tmp_path} cgroup rw,memory 0 0\n")
+    own = tmp_path / "self_cgroup"
+    own.write_text("4:memory:/\n")
+    with pytest.raises(UserError, match="cpu, cpuacct"):
+        detect_layout(mounts_file=mounts, cgroup_file=own)
+
+
+# ---- credits -----------------------------------------------------------------------------
+
+def _bucket(itype: str = "t2.micro", mode: str = "standard", start: str = "launch"
+            ) -> CreditBucket:
+    b = CreditBucket.for_instance(load_catalog().instance(itype), mode, start)  # type: ignore
+    assert b is not None
+    return b
+
+
+def test_t2_micro_launches_with_30_credits_and_falls_to_baseline_when_empty() -> None:
+    b = _bucket()
+    assert b.balance == 30 and b.allowed_vcpus() == 1.0
+    b.update(used_vcpus=1.0, dt_s=60 * 29)  # 29 minutes at 100 %: spend 29, earn 2.9
+    assert b.allowed_vcpus() == 1.0
+    b.update(used_vcpus=1.0, dt_s=60 * 10)
+    assert b.balance == pytest.approx(0.0)
+    assert b.allowed_vcpus() == pytest.approx(0.1)  # t2.micro baseline: 10 % of its vCPU
+    # At the baseline the balance only grows when usage stays below it.
+    b.update(used_vcpus=0.0, dt_s=5 * 60)  # 6 credits/h * 5 min = 0.5 credits
+    assert b.allowed_vcpus() == pytest.approx(0.1)
+    b.update(used_vcpus=0.0, dt_s=6 * 60)
+    assert b.balance >= 1.0 and b.allowed_vcpus() == 1.0
+
+
+def test_exhausted_start_is_at_baseline_and_earned_balance_caps() -> None:
+    b = _bucket(start="exhausted")
+    assert b.balance == 0 and b.allowed_vcpus() == pytest.approx(0.1)
+    b.update(used_vcpus=0.0, dt_s=48 * 3600)
+    assert b.balance == 144  # 24 h of earnings
+
+
+def test_unlimited_never_throttles_and_counts_surplus() -> None:
+    b = _bucket("t3.medium", mode="unlimited", start="launch")
+    assert b.balance == 0  # T3: no launch credits
+    b.update(used_vcpus=2.0, dt_s=3600)  # 120 credits spent, 24 earned
+    assert b.allowed_vcpus() == 2.0
+    assert b.surplus == pytest.approx(96.0)
+
+
+def test_fixed_performance_types_have_no_bucket_and_bad_start_is_refused() -> None:
+    assert CreditBucket.for_instance(load_catalog().instance("c6i.large"), "standard",
+                                     "launch") is None
+    with pytest.raises(UserError, match="launch"):
+        LocalBackend(credits="half", cpu_scale=0.5)
+
+
+# ---- cpu_scale, HAProxy config, addresses ------------------------------------------------
+
+def test_cpu_scale_fits_the_largest_variant_and_the_generator() -> None:
+    out = Variant(name="scale-out", count=3, load_balancer=True)
+    up = Variant(name="scale-up", instance_type="t3.medium")
+    assert LocalBackend.choose_cpu_scale([out, up], host_cores=2) == 0.33
+    assert LocalBackend.choose_cpu_scale([up], host_cores=2) == 0.5
+    assert LocalBackend.choose_cpu_scale([up], host_cores=16) == 1.0
+    assert LocalBackend.choose_cpu_scale([out], host_cores=1) == 0.05
+
+
+def test_haproxy_config_follows_the_target_group() -> None:
+    v = Variant(name="lb", count=2, load_balancer=True, lb_algorithm="least_outstanding_requests",
+                health_check=HealthCheck(path="/up", interval_s=7, timeout_s=3,
+                                         healthy_threshold=4, unhealthy_threshold=2))
+    cfg = render_config(v, "127.9.9.1", 8080, [Target("i0", "127.9.9.10", 8000),
+                                               Target("i1", "127.9.9.11", 8000)],
+                        Path("/tmp/s.sock"))
+    assert "balance leastconn" in cfg
+    assert "option httpchk GET /up" in cfg and "http-check expect status 200" in cfg
+    assert "default-server inter 7s fall 2 rise 4" in cfg and "timeout check 3s" in cfg
+    assert "server i1 127.9.9.11:8000 check" in cfg and "bind 127.9.9.1:8080" in cfg
+    rr = render_config(Variant(name="rr"), "127.9.9.1", 8080, [], Path("/tmp/s.sock"))
+    assert "balance roundrobin" in rr
+
+
+def test_addresses_stay_in_loopback_and_differ_per_seed() -> None:
+    hosts, lb = pick_addresses("run/scale-out/a", 3)
+    other, _ = pick_addresses("run/scale-out/b", 3)
+    for h in [*hosts, lb]:
+        assert ipaddress.ip_address(h) in ipaddress.ip_network("127.0.0.0/8")
+        assert not h.startswith("127.0.")
+    assert len(set(hosts)) == 3 and hosts != other
