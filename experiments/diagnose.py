@@ -99,7 +99,8 @@ _EXITING = re.compile(r"Worker exiting \(pid: ?(\d+)\)")
 _HANDLING_ERROR = re.compile(r"\[ERROR\] Error handling request")
 # ---- kernel (dmesg / journal -k) -----------------------------------------------------------
 _KERNEL_KILLED = re.compile(r"(?:Killed|Kill) process (\d+) \(([^)]*)\)")
-_KERNEL_OOM = re.compile(r"Memory cgroup out of memory|Out of memory|oom-kill:|invoked oom-killer")
+_KERNEL_OOM = re.compile(r"memory cgroup out of memory|out of memory|oom-kill:|invoked oom-killer",
+                         re.I)
 # ---- HAProxy (stderr copy "[ALERT]    (pid) : ..." and the raw log copy) ----------------------
 _HAPROXY_PREFIX = re.compile(r"^\[(?:WARNING|ALERT|NOTICE|INFO)\]\s+\(\d+\) : ")
 _HAPROXY_NOSRV = re.compile(r"backend '?([\w.-]+)'? has no server available")
