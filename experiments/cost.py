@@ -30,6 +30,11 @@ LB_TYPES = ("aws:lb/loadBalancer:LoadBalancer", "aws:alb/loadBalancer:LoadBalanc
 EIP_TYPES = ("aws:ec2/eip:Eip",)
 VOLUME_TYPES = ("aws:ebs/volume:Volume",)
 ASG_TYPES = ("aws:autoscaling/group:Group",)
+USAGE_PRICED_TYPES = {
+    "aws:s3/bucket:Bucket": "S3 bucket (the app bundle: a few MB, well under $0.01/month)",
+    "aws:cloudwatch/logGroup:LogGroup": "CloudWatch log group ($0.50 per GB ingested)",
+}
+"""Declared resources that bill by usage only; noted, not priced."""
 LAUNCH_TEMPLATE_TYPES = ("aws:ec2/launchTemplate:LaunchTemplate",)
 
 
@@ -240,6 +245,11 @@ def bill_of_materials(resources: list[Any], variant: Variant) -> BillOfMaterials
             bom.extra_volume_gb += float(r.inputs.get("size") or 0)
         elif r.type == "aws:lb/listenerRule:ListenerRule":
             bom.listener_rules += 1
+    usage_only = dict.fromkeys(USAGE_PRICED_TYPES[r.type] for r in resources
+                               if r.type in USAGE_PRICED_TYPES)
+    if usage_only:
+        bom.notes.append("not priced (usage-based, cents at this scale): "
+                         + "; ".join(usage_only) + ".")
     return bom
 
 
