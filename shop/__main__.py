@@ -24,8 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import django
+    from django.core.exceptions import ImproperlyConfigured
 
-    django.setup()
+    try:
+        django.setup()
+    except (ImproperlyConfigured, ValueError) as exc:
+        print(f"error: the shop's database settings are invalid ({exc}).", file=sys.stderr)
+        return 2
     from django.db import DatabaseError, connection
 
     from shop.catalog import DEFAULT_PRODUCTS, MAX_PRODUCTS

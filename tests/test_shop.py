@@ -285,3 +285,23 @@ def test_seed_rejects_bad_product_count(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("error: --products must be between 1") and \
         "Traceback" not in done.stderr
+
+
+def test_database_url_switches_engine() -> None:
+    from shop.settings import database_from_url
+
+    pg = database_from_url("postgres://shop:p%40ss@db.internal:5433/shopdb?sslmode=require")
+    assert (pg["ENGINE"], pg["NAME"], pg["USER"], pg["PASSWORD"], pg["HOST"], pg["PORT"]) == (
+        "django.db.backends.postgresql", "shopdb", "shop", "p@ss", "db.internal", "5433")
+    assert pg["OPTIONS"] == {"sslmode": "require"}
+    assert database_from_url("mysql://root@localhost/shop")["ENGINE"] == \
+        "django.db.backends.mysql"
+    with pytest.raises(ValueError, match="DATABASE_URL scheme 'redis' is not supported"):
+        database_from_url("redis://localhost/0")
+
+
+def test_seed_rejects_bad_database_url(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "shop", "seed"], cwd=PROJECT_DIR,
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "DATABASE_URL": "redis://localhost/0"})
+    assert done.returncode == 2 and done.stderr.startswith("error: the shop's database settings")
