@@ -6,6 +6,7 @@ metadata service is disabled, and the fake stack's `url` is a tiny http.server o
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -525,3 +526,46 @@ def test_leftovers_finds_and_deletes_what_dead_runs_left(tmp_path: Path, aws: An
     assert sg_id not in {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
     assert state.pending_stacks() == {}
     assert {(x.kind, x.ident) for x in backend.leftovers()} == {("aws:instance", manual[0])}
+
+
+def test_sweep_removes_a_new_vpc_logs_bucket_and_role(tmp_path: Path, aws: Any) -> None:
+    ec2 = aws.client("ec2")
+    spec = lambda kind: [{"ResourceType": kind, "Tags": _tags("old-run")}]  # noqa: E731
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16", TagSpecifications=spec("vpc"))["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24",
+                               TagSpecifications=spec("subnet"))["Subnet"]["SubnetId"]
+    igw = ec2.create_internet_gateway(
+        TagSpecifications=spec("internet-gateway"))["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+    table = ec2.create_route_table(VpcId=vpc, TagSpecifications=spec("route-table"))
+    table_id = table["RouteTable"]["RouteTableId"]
+    ec2.associate_route_table(RouteTableId=table_id, SubnetId=subnet)
+    aws.client("logs").create_log_group(logGroupName="scalelab-scale-out",
+                                        tags={**TAGS, "run-id": "old-run"})
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="scale-out-app-1a2b3c")
+    s3.put_bucket_tagging(Bucket="scale-out-app-1a2b3c", Tagging={"TagSet": _tags("old-run")})
+    s3.put_object(Bucket="scale-out-app-1a2b3c", Key="app.tar.gz", Body=b"bundle")
+    iam = aws.client("iam")
+    iam.create_role(RoleName="scale-out-web-0-role-9f8e7d", AssumeRolePolicyDocument="{}",
+                    Tags=_tags("old-run"))
+    iam.create_role(RoleName="someone-elses-role", AssumeRolePolicyDocument="{}")
+    iam.put_role_policy(RoleName="scale-out-web-0-role-9f8e7d", PolicyName="read-bundle",
+                        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+                        {"Effect": "Allow", "Action": "s3:GetObject",
+                         "Resource": "arn:aws:s3:::scale-out-app-1a2b3c/*"}]}))
+    iam.create_instance_profile(InstanceProfileName="scale-out-web-0-profile")
+    iam.add_role_to_instance_profile(InstanceProfileName="scale-out-web-0-profile",
+                                     RoleName="scale-out-web-0-role-9f8e7d")
+    backend = make_backend(tmp_path, FakeWorkspace(), session=aws)
+    expected = {("aws:vpc", vpc), ("aws:subnet", subnet), ("aws:internet-gateway", igw),
+                ("aws:route-table", table_id), ("aws:log-group", "scalelab-scale-out"),
+                ("aws:bucket", "scale-out-app-1a2b3c"),
+                ("aws:role", "scale-out-web-0-role-9f8e7d")}
+    assert {(x.kind, x.ident) for x in backend.leftovers()} == expected
+    assert {(x.kind, x.ident) for x in backend.delete_leftovers()} == expected
+    assert vpc not in {v["VpcId"] for v in ec2.describe_vpcs()["Vpcs"]}
+    assert aws.client("logs").describe_log_groups()["logGroups"] == []
+    assert "scale-out-app-1a2b3c" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert [r["RoleName"] for r in iam.list_roles()["Roles"]] == ["someone-elses-role"]
+    assert backend.leftovers() == []

@@ -1,9 +1,11 @@
 """Find and remove AWS resources tagged by scalelab that outlived their run.
 
 The Resource Groups Tagging API lists every tagged resource of a region in one paginated call,
-whatever its service. Deleting goes in dependency order: instances (wait until terminated),
-load balancers (wait until gone), target groups, then security groups — these last ones retry,
-because AWS releases an ALB's network interfaces a while after the ALB is deleted.
+whatever its service (IAM is global and not in it: roles are found by name and tag instead).
+Deleting goes in dependency order: instances (wait until terminated), load balancers (wait until
+gone), target groups, security groups — these retry, because AWS releases an ALB's network
+interfaces a while after the ALB is deleted — then a `network.vpc: new` VPC's gateway, subnets,
+route tables and the VPC, and finally the log group, the app bundle bucket and IAM roles.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from typing import Any
 from stacks.variant import PROJECT
 
 MANUAL_RUN = "manual"
-DELETE_ORDER = ("instance", "loadbalancer", "targetgroup", "security-group")
+DELETE_ORDER = ("instance", "loadbalancer", "targetgroup", "security-group", "internet-gateway",
+                "subnet", "route-table", "vpc", "log-group", "bucket", "role")
+PART_OF_PARENT = {"security-group-rule", "listener", "listener-rule"}
+"""Tagged too, but removed with their group / load balancer: not listed on their own."""
 GONE_STATES = {"terminated", "shutting-down"}
 
 
@@ -39,12 +44,20 @@ class TaggedResource:
 
 
 def parse_arn(arn: str) -> tuple[str, str]:
-    """(kind, id): `...:instance/i-1` -> (instance, i-1); ALB/TG keep their full ARN as id."""
-    resource = arn.split(":", 5)[5] if arn.count(":") >= 5 else arn
-    kind, _, rest = resource.partition("/")
+    """(kind, id): `...:instance/i-1` -> (instance, i-1), `...:log-group:g` -> (log-group, g),
+    `arn:aws:s3:::b` -> (bucket, b); ALB and TG keep their full ARN as id (elbv2 wants it)."""
+    parts = arn.split(":", 5)
+    if len(parts) < 6:
+        return "unknown", arn
+    service, resource = parts[2], parts[5]
+    if service == "s3" and "/" not in resource:
+        return "bucket", resource
+    kind, sep, rest = resource.partition("/")
+    if not sep:
+        kind, sep, rest = resource.partition(":")
     if kind in ("loadbalancer", "targetgroup", "listener", "listener-rule"):
         return kind, arn
-    return kind, rest or resource
+    return kind, rest.removesuffix(":*") or resource
 
 
 def find_tagged(session: Any, regions: list[str]) -> list[TaggedResource]:
@@ -57,9 +70,32 @@ def find_tagged(session: Any, regions: list[str]) -> list[TaggedResource]:
         for page in pages:
             for item in page.get("ResourceTagMappingList", []):
                 kind, ident = parse_arn(item["ResourceARN"])
+                if kind in PART_OF_PARENT:
+                    continue
                 tags = {t["Key"]: t["Value"] for t in item.get("Tags", [])}
                 found.append(TaggedResource(item["ResourceARN"], region, kind, ident, tags))
+    if regions:
+        found.extend(_tagged_roles(session))
     return _without_gone_instances(session, found)
+
+
+def _tagged_roles(session: Any) -> list[TaggedResource]:
+    """IAM roles named after a variant (Pulumi autonames `<variant>-web-0-role-1a2b3c`) and
+    tagged project=scalelab. Roles cost nothing, but an account holds at most 1,000."""
+    from stacks.variant import available_variants
+
+    prefixes = tuple(f"{name}-" for name in available_variants())
+    iam = session.client("iam")
+    found = []
+    for page in iam.get_paginator("list_roles").paginate():
+        for role in page["Roles"]:
+            if not role["RoleName"].startswith(prefixes):
+                continue
+            tags = {t["Key"]: t["Value"]
+                    for t in iam.list_role_tags(RoleName=role["RoleName"])["Tags"]}
+            if tags.get("project") == PROJECT:
+                found.append(TaggedResource(role["Arn"], "global", "role", role["RoleName"], tags))
+    return found
 
 
 def _without_gone_instances(session: Any, found: list[TaggedResource]) -> list[TaggedResource]:
@@ -184,9 +220,73 @@ def _security_groups(session: Any, group: list[TaggedResource], emit: Callable[[
         emit(f"deleting security group {r.ident} in {r.region} failed: {errors.get(r.ident)}")
 
 
+def _one_by_one(delete: Callable[[Any, TaggedResource], None], service: str,
+                what: str) -> Callable[..., Iterator[TaggedResource]]:
+    """A deleter for resources without ordering troubles among themselves."""
+    def run(session: Any, group: list[TaggedResource], emit: Callable[[str], None],
+            retry_s: float, attempts: int) -> Iterator[TaggedResource]:
+        for r in group:
+            region = None if r.region == "global" else r.region
+            try:
+                delete(session.client(service, region_name=region), r)
+            except Exception as exc:
+                if "NotFound" in str(exc) or "NoSuchEntity" in str(exc):
+                    yield r
+                    continue
+                emit(f"deleting {what} {r.ident} in {r.region} failed: {exc}")
+                continue
+            yield r
+    return run
+
+
+def _delete_igw(ec2: Any, r: TaggedResource) -> None:
+    gateway = ec2.describe_internet_gateways(InternetGatewayIds=[r.ident])["InternetGateways"]
+    for attachment in (gateway[0].get("Attachments", []) if gateway else []):
+        ec2.detach_internet_gateway(InternetGatewayId=r.ident, VpcId=attachment["VpcId"])
+    ec2.delete_internet_gateway(InternetGatewayId=r.ident)
+
+
+def _delete_route_table(ec2: Any, r: TaggedResource) -> None:
+    tables = ec2.describe_route_tables(RouteTableIds=[r.ident])["RouteTables"]
+    for assoc in (tables[0].get("Associations", []) if tables else []):
+        if not assoc.get("Main"):
+            ec2.disassociate_route_table(AssociationId=assoc["RouteTableAssociationId"])
+    ec2.delete_route_table(RouteTableId=r.ident)
+
+
+def _delete_bucket(s3: Any, r: TaggedResource) -> None:
+    """The app bundle bucket: empty it (every version) first, S3 refuses otherwise."""
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=r.ident):
+        doomed = [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                  for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        if doomed:
+            s3.delete_objects(Bucket=r.ident, Delete={"Objects": doomed, "Quiet": True})
+    s3.delete_bucket(Bucket=r.ident)
+
+
+def _delete_role(iam: Any, r: TaggedResource) -> None:
+    for profile in iam.list_instance_profiles_for_role(RoleName=r.ident)["InstanceProfiles"]:
+        name = profile["InstanceProfileName"]
+        iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=r.ident)
+        iam.delete_instance_profile(InstanceProfileName=name)
+    for policy in iam.list_attached_role_policies(RoleName=r.ident)["AttachedPolicies"]:
+        iam.detach_role_policy(RoleName=r.ident, PolicyArn=policy["PolicyArn"])
+    for name in iam.list_role_policies(RoleName=r.ident)["PolicyNames"]:
+        iam.delete_role_policy(RoleName=r.ident, PolicyName=name)
+    iam.delete_role(RoleName=r.ident)
+
+
 _DELETERS: dict[str, Callable[..., Iterator[TaggedResource]]] = {
     "instance": _instances,
     "loadbalancer": _load_balancers,
     "targetgroup": _target_groups,
     "security-group": _security_groups,
+    "internet-gateway": _one_by_one(_delete_igw, "ec2", "internet gateway"),
+    "subnet": _one_by_one(lambda ec2, r: ec2.delete_subnet(SubnetId=r.ident), "ec2", "subnet"),
+    "route-table": _one_by_one(_delete_route_table, "ec2", "route table"),
+    "vpc": _one_by_one(lambda ec2, r: ec2.delete_vpc(VpcId=r.ident), "ec2", "VPC"),
+    "log-group": _one_by_one(lambda logs, r: logs.delete_log_group(logGroupName=r.ident),
+                             "logs", "log group"),
+    "bucket": _one_by_one(_delete_bucket, "s3", "bucket"),
+    "role": _one_by_one(_delete_role, "iam", "IAM role"),
 }
