@@ -44,21 +44,21 @@ CART_LINES_BEFORE_ORDER = 3
 DEEP_PAGE_SHARE = 0.1
 
 
-def _weight(name: str, default: int) -> int:
+def _env_int(name: str, default: int, meaning: str) -> int:
     raw = os.environ.get(name, str(default)).strip()
-    if not raw.isdigit():
-        raise ValueError(f"{name} must be a whole number >= 0 (0 disables the task), got {raw!r}")
+    if not raw.isascii() or not raw.isdigit():
+        raise ValueError(f"{name} must be a whole number >= 0 ({meaning}), got {raw!r}")
     return int(raw)
 
 
-ALL_WEIGHT = _weight("SHOP_ALL_WEIGHT", 1)
+ALL_WEIGHT = _env_int("SHOP_ALL_WEIGHT", 1, "0 disables the ?all=1 task")
 
 
 class Shopper(FastHttpUser):
     """Browse, open products, search, fill a cart, order; now and then load the whole list."""
 
     wait_time = between(0.5, 2.0)
-    products: int = _weight("SHOP_PRODUCTS", 0)
+    products: int = _env_int("SHOP_PRODUCTS", 0, "0 learns it from the first list page")
     """Shared by all users: how many products the shop has (0 = not known yet)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
