@@ -16,7 +16,7 @@ The search (what the report calls "capacity"):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from experiments.model import Slo, StepResult
 

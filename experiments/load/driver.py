@@ -80,7 +80,7 @@ class _Proc:
 
     def __init__(self, args: list[str], env: dict[str, str], name: str) -> None:
         self.name = name
-        self.stderr: IO[bytes] = tempfile.TemporaryFile(prefix=f"scalelab-{name}-")
+        self.stderr: IO[bytes] = tempfile.TemporaryFile(prefix=f"scalelab-{name}-")  # noqa: SIM115 - lives as long as the child
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "experiments.load.child", *args],
             stdin=subprocess.PIPE,

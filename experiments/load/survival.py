@@ -14,8 +14,7 @@ and is exactly the sentence the report prints:
 
 from __future__ import annotations
 
-from collections import deque
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 WINDOW_S = 5

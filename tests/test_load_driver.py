@@ -1,0 +1,217 @@
+"""The load driver against real servers on loopback: real Locust, real HAProxy, real Gunicorn."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from experiments.errors import UserError
+from experiments.load.capacity import judge
+from experiments.load.driver import LoadSession, LoadSettings
+from experiments.model import Slo
+
+FIXTURES = Path(__file__).parent / "fixtures" / "load"
+PING = FIXTURES / "ping_locustfile.py"
+
+pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def start_haproxy(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A static `http-request return` endpoint: the fastest server we can offer load to."""
+    port = free_port()
+    config = tmp_path / f"haproxy-{port}.cfg"
+    config.write_text(
+        "global\n    maxconn 4000\n"
+        "defaults\n    mode http\n    timeout client 10s\n    timeout connect 5s\n"
+        "    timeout server 10s\n"
+        f"frontend static\n    bind 127.0.0.1:{port}\n"
+        "    http-request return status 200 content-type text/plain string ok\n"
+    )
+    proc = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    proc, url = start_haproxy(tmp_path)
+    try:
+        yield proc, url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def slow_server() -> Iterator[str]:
+    """Gunicorn, one sync worker, 200 ms per request: at most 5 requests/s."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--workers", "1", "--backlog", "2048",
+         "--bind", f"127.0.0.1:{port}", "--chdir", str(FIXTURES), "slow_app:app"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def assert_gone(pids: list[int]) -> None:
+    for pid in pids:
+        assert not psutil.pid_exists(pid), f"generator process {pid} outlived its session"
+
+
+def test_step_offers_the_rate_and_survival_holds(haproxy: tuple[object, str]) -> None:
+    _, url = haproxy
+    with LoadSession(url, LoadSettings(PING)) as session:
+        pids = session.pids
+        assert len(pids) == 1
+        step = session.step(50, warmup_s=2, hold_s=4)
+        ticks: list[float] = []
+        survival = session.survival(users=10, limit_s=3, on_tick=ticks.append)
+    assert_gone(pids)
+
+    assert step.achieved_rps == pytest.approx(50, rel=0.10)
+    assert step.requests == pytest.approx(200, rel=0.10)
+    assert step.errors == 0 and step.error_rate == 0.0 and step.errors_by_kind == {}
+    assert 0 < step.p50_ms <= step.p95_ms <= step.p99_ms < 200
+    assert step.users >= 50 and step.response_bytes == 2 * step.requests  # body "ok"
+    assert 0 < step.generator_cpu < 1.5
+    assert step.passed is None and step.duration_s == pytest.approx(4, abs=0.3)
+    assert judge(step, Slo()).passed is True
+
+    assert survival.held and survival.failed_at is None and survival.users == 10
+    assert len(survival.timeline) == 3 and len(ticks) == 3
+    assert all(point["requests"] > 100 and point["errors"] == 0 for point in survival.timeline)
+
+
+def test_slow_server_falls_behind_and_fails(slow_server: str) -> None:
+    with LoadSession(slow_server, LoadSettings(PING)) as session:
+        step = session.step(20, warmup_s=2, hold_s=4)
+    assert step.achieved_rps < 0.8 * step.offered_rps  # about 5 rps can be served
+    assert 2.0 < step.achieved_rps < 8.0
+    assert step.p50_ms >= 200  # every request takes at least the 200 ms sleep
+    verdict = judge(step, Slo(p95_ms=500))
+    assert verdict.passed is False and "achieved" in verdict.verdict
+
+
+def test_survival_reports_a_killed_server(tmp_path: Path) -> None:
+    proc, url = start_haproxy(tmp_path)
+    killed_at: list[float] = []
+
+    def kill_after_two_seconds(t: float) -> None:
+        if t >= 2 and not killed_at:
+            stop(proc)
+            killed_at.append(t)
+
+    try:
+        with LoadSession(url, LoadSettings(PING)) as session:
+            result = session.survival(users=10, limit_s=30, on_tick=kill_after_two_seconds)
+    finally:
+        stop(proc)
+    assert not result.held
+    assert result.failed_at is not None
+    assert result.seconds == pytest.approx(killed_at[0], abs=1.5)
+    assert result.failed_at == pytest.approx(result.started_at + result.seconds)
+    assert "ConnectionRefusedError" in result.reason or "no response" in result.reason
+    assert len(result.timeline) < 15  # stopped early, well before the 30 s limit
+    assert result.timeline[0]["errors"] == 0
+
+
+def test_distributed_two_workers(haproxy: tuple[object, str]) -> None:
+    _, url = haproxy
+    with LoadSession(url, LoadSettings(PING, load_workers=2)) as session:
+        pids = session.pids
+        assert len(pids) == 3
+        step = session.step(60, warmup_s=2, hold_s=4)
+        survival = session.survival(users=10, limit_s=2)
+    assert_gone(pids)
+    assert step.achieved_rps == pytest.approx(60, rel=0.10)
+    assert step.errors == 0 and 0 < step.p95_ms < 200
+    assert step.response_bytes == 2 * step.requests  # merged from both workers
+    assert survival.held and all(p["requests"] > 50 for p in survival.timeline)
+
+
+def test_bad_locustfiles_give_one_sentence(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("from locust import FastHttpUser\nclass Broken(FastHttpUser)\n    pass\n")
+    cases = {
+        tmp_path / "missing.py": "does not exist",
+        broken: "syntax error at line 2",
+        FIXTURES / "two_users_locustfile.py": "exactly one User class with tasks, found 2",
+    }
+    for path, expected in cases.items():
+        session = LoadSession("http://127.0.0.1:9", LoadSettings(path))
+        with pytest.raises(UserError) as info, session:
+            pass
+        message = str(info.value)
+        assert str(path) in message and expected in message
+        assert "\n" not in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.1:80", "http://example.com", "http://[::1]:80", "ftp://127.0.0.1"]
+)
+def test_only_loopback_targets(url: str) -> None:
+    with pytest.raises(UserError, match="loopback|http"):
+        LoadSession(url, LoadSettings(PING))
+
+
+def test_processes_gone_after_interrupt_inside_the_block(haproxy: tuple[object, str]) -> None:
+    _, url = haproxy
+    pids: list[int] = []
+    with pytest.raises(KeyboardInterrupt), LoadSession(url, LoadSettings(PING)) as session:
+        pids.extend(session.pids)
+        assert all(psutil.pid_exists(pid) for pid in pids)
+        raise KeyboardInterrupt
+    assert pids
+    assert_gone(pids)
+
+
+def test_parent_never_imports_locust_or_gevent() -> None:
+    code = (
+        "import sys\n"
+        "import experiments.load.driver, experiments.load.capacity\n"
+        "bad = [m for m in ('locust', 'gevent') if m in sys.modules]\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
