@@ -569,3 +569,29 @@ def test_sweep_removes_a_new_vpc_logs_bucket_and_role(tmp_path: Path, aws: Any) 
     assert "scale-out-app-1a2b3c" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
     assert [r["RoleName"] for r in iam.list_roles()["Roles"]] == ["someone-elses-role"]
     assert backend.leftovers() == []
+
+
+def test_logs_fall_back_to_the_stacks_log_group_when_ssm_has_nothing(aws: Any) -> None:
+    (instance,) = _instances(aws, 1, "run-1")
+    logs = aws.client("logs")
+    logs.create_log_group(logGroupName="scalelab-micro")
+    t0 = int(time.time() * 1000) - 30_000
+    messages = {
+        "kernel": ["2026-11-25T10:00:01.250000+00:00 ip-10-0-0-1 kernel: Out of memory: "
+                   "Killed process 2345 (gunicorn) total-vm:312000kB"],
+        "gunicorn": ["2026-11-25T10:00:00.000001+00:00 ip-10-0-0-1 gunicorn[812]: "
+                     "[2026-11-25 10:00:00 +0000] [812] [CRITICAL] WORKER TIMEOUT (pid:2345)"],
+    }
+    for k, (kind, texts) in enumerate(messages.items()):
+        stream = f"{instance}/{kind}"
+        logs.create_log_stream(logGroupName="scalelab-micro", logStreamName=stream)
+        logs.put_log_events(logGroupName="scalelab-micro", logStreamName=stream,
+                            logEvents=[{"timestamp": t0 + k * 1000, "message": m} for m in texts])
+    deployment = AwsDeployment(variant=load_variant("micro"), url="http://127.0.0.1:9",
+                               instance_ids=[instance], started_at=time.time() - 60,
+                               region=REGION, session=aws, log_group="scalelab-micro")
+    lines = [ln for ln in deployment.observe().logs if ln.source != "backend:aws"]
+    assert [(ln.source, ln.t) for ln in lines] == [
+        (f"kernel:{instance}", t0 / 1000), (f"gunicorn:{instance}", t0 / 1000 + 1)]
+    assert lines[0].text.startswith("Out of memory: Killed process 2345")
+    assert lines[1].text.startswith("[2026-11-25 10:00:00 +0000] [812] [CRITICAL] WORKER TIMEOUT")

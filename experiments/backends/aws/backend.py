@@ -187,6 +187,7 @@ class AwsBackend:
             started_at=started, extra={"stack": variant.name, "outputs": outputs},
             region=str(outputs.get("region") or variant.region),
             target_group_arn=str(outputs.get("target_group_arn") or ""),
+            log_group=str(outputs.get("log_group") or ""),
             session=self.session, on_output=self._emit)
 
     def _wait_healthy(self, deployment: AwsDeployment) -> None:

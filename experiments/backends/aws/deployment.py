@@ -7,16 +7,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from experiments.backends.aws.logs import collect_logs, note
+from experiments.backends.aws.logs import collect_log_group, collect_logs, note
 from experiments.backends.aws.signals import InstanceShape, collect_signals
 from experiments.backends.base import Deployment
-from experiments.model import Observations
+from experiments.model import LogLine, Observations
 
 
 @dataclass
 class AwsDeployment(Deployment):
     region: str = ""
     target_group_arn: str = ""
+    log_group: str = ""
+    """The stack's CloudWatch Logs group: where logs come from when SSM cannot deliver them."""
     session: Any = field(default=None, repr=False)
     period_s: int = 60
     """CloudWatch period: 60 s needs detailed monitoring on the instances (else 5-min points)."""
@@ -47,5 +49,23 @@ class AwsDeployment(Deployment):
                                                   self.started_at, self.ssm_timeout_s))
         except Exception as exc:
             observations.logs.append(note(now, f"SSM log collection failed: {exc}"))
+        observations.logs.extend(self._log_group_fallback(observations, now))
         observations.logs.sort(key=lambda line: line.t)
         return observations
+
+    def _log_group_fallback(self, observations: Observations, now: float) -> list[LogLine]:
+        """Instances SSM returned nothing for (a running Gunicorn always logs its boot)."""
+        covered = {line.source.split(":", 1)[1] for line in observations.logs
+                   if line.source.startswith(("gunicorn:", "kernel:"))}
+        missing = [i for i in self.instance_ids if i not in covered]
+        if not self.log_group or not missing:
+            return []
+        lines: list[LogLine] = []
+        for instance in missing:
+            try:
+                lines.extend(collect_log_group(self._client("logs"), self.log_group, instance,
+                                               self.started_at))
+            except Exception as exc:
+                lines.append(note(now, f"CloudWatch Logs {self.log_group} for {instance} "
+                                       f"failed: {exc}"))
+        return lines

@@ -23,6 +23,10 @@ TERMINAL = {"Success", "Cancelled", "TimedOut", "Failed", "Cancelling", "Undeliv
             "Terminated", "InvalidPlatform", "AccessDenied", "DeliveryTimedOut",
             "ExecutionTimedOut"}
 _SHORT_UNIX = re.compile(r"^(\d+(?:\.\d+)?)\s+\S+\s+([^:]+):\s?(.*)$")
+_SYSLOG_PREFIX = re.compile(
+    r"^(?:\w{3}\s+\d+\s+\d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+)\s+\S+\s+[^:\s]+:\s?(.*)$")
+STREAMS = {"kernel": "{instance}/kernel", "gunicorn": "{instance}/gunicorn"}
+"""The CloudWatch agent's streams in the stack's log group (userdata/render.py ships them)."""
 
 
 def shell_script(since: float, app_lines: int = 150, kernel_lines: int = 40) -> list[str]:
@@ -109,3 +113,27 @@ def _invocation_lines(ssm: Any, command_id: str, instance: str, deadline: float,
 def note(t: float, text: str) -> LogLine:
     """A line about collection itself, so a missing log is visible in the results."""
     return LogLine(t=t, source="backend:aws", text=text)
+
+
+def collect_log_group(logs: Any, group: str, instance: str, since: float,
+                      limit: int = 500) -> list[LogLine]:
+    """The same lines from the stack's CloudWatch Logs group: the fallback when SSM cannot reach
+    an instance (agent not registered yet, instance gone) — the agent shipped them already."""
+    lines: list[LogLine] = []
+    for kind, pattern in STREAMS.items():
+        stream = pattern.format(instance=instance)
+        kwargs: dict[str, Any] = {"logGroupName": group, "logStreamNames": [stream],
+                                  "startTime": int(since * 1000)}
+        events: list[dict[str, Any]] = []
+        while len(events) < limit:
+            page = logs.filter_log_events(**kwargs)
+            events.extend(page.get("events", []))
+            if not page.get("nextToken"):
+                break
+            kwargs["nextToken"] = page["nextToken"]
+        for event in events[-limit:]:
+            text = event.get("message", "").rstrip()
+            match = _SYSLOG_PREFIX.match(text)
+            lines.append(LogLine(t=event["timestamp"] / 1000, source=f"{kind}:{instance}",
+                                 text=match.group(1) if match else text))
+    return lines
