@@ -1,0 +1,131 @@
+"""The report, built from the recorded run fixture, opened in a real headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from experiments.cli import main
+from experiments.errors import UserError
+from experiments.report import build_report
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_fixture"
+VARIANTS = ["micro", "micro-swap", "scale-up", "scale-out"]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    run = tmp_path_factory.mktemp("report") / "20261125-100000-local"
+    shutil.copytree(FIXTURE, run)
+    return run, build_report(run)
+
+
+def test_report_files_written(built: tuple[Path, list[Path]]) -> None:
+    run, paths = built
+    assert [p.name for p in paths] == ["summary.md", "summary.csv", "summary.json",
+                                       "report.html"]
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+    assert all(p.parent == run for p in paths)
+
+
+def test_csv_and_markdown_agree_with_summary_json(built: tuple[Path, list[Path]]) -> None:
+    run, _ = built
+    summary = json.loads((run / "summary.json").read_text())
+    rows = list(csv.DictReader(io.StringIO((run / "summary.csv").read_text())))
+    assert [r["variant"] for r in rows] == [v["name"] for v in summary["variants"]] == VARIANTS
+    md = (run / "summary.md").read_text()
+    for row, v in zip(rows, summary["variants"], strict=True):
+        assert float(row["capacity_rps"]) == v["capacity_rps"]
+        assert float(row["p95_ms_at_capacity"]) == v["p95_ms_at_capacity"]
+        assert float(row["survival_s"]) == v["survival"]["seconds"]
+        assert row["failure_kind"] == v["failure"]["kind"]
+        assert float(row["hourly_usd"]) == v["cost"]["hourly_usd"]
+        assert float(row["monthly_usd"]) == v["cost"]["monthly_usd"]
+        assert float(row["usd_per_million_requests"]) == v["cost"]["usd_per_million_requests"]
+        line = next(x for x in md.splitlines()
+                    if x.startswith(f"| {v['name']} ") or x.startswith(f"| **{v['name']}**"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == f"{v['capacity_rps']:,.1f}"
+        assert cells[3] == f"{v['p95_ms_at_capacity']:,.0f} ms"
+        assert cells[5] == f"`{v['failure']['kind']}`"
+        assert cells[6] == f"${v['cost']['hourly_usd']:,.4f}"
+        assert cells[8] == f"${v['cost']['usd_per_million_requests']:,.3f}"
+        for evidence in v["failure"]["evidence"]:
+            assert evidence in md
+    assert "cpu_scale 0.5" in md and "emulated" in md
+
+
+def test_html_is_self_contained(built: tuple[Path, list[Path]]) -> None:
+    run, _ = built
+    html = (run / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["']https?://""", html)
+    images = re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == 1 + 2 * len(VARIANTS)  # cost chart + rate and timeline per variant
+    for data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+            assert img.format == "PNG" and img.width > 500 and img.height > 250
+    assert "cpu_scale 0.5" in html and "Emulated capacities" in html
+    assert "most capacity per dollar" in html.lower()
+
+
+def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp / 'profile'}", *args],
+        capture_output=True, text=True, timeout=90)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_report_in_headless_chromium(built: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    run, _ = built
+    url = (run / "report.html").as_uri()
+    dom = _chromium(["--dump-dom", url], tmp_path).stdout
+    assert '<table>' in dom and "<th>variant</th>" in dom
+    rows = re.findall(r'<tr class="(?:best)?">\s*<td><b>([^<]+)</b>', dom)
+    assert rows == VARIANTS
+    ids = set(re.findall(r'<img class="chart" id="([^"]+)"', dom))
+    assert ids == {"chart-cost", *(f"chart-rate-{v}" for v in VARIANTS),
+                   *(f"chart-timeline-{v}" for v in VARIANTS)}
+
+    shot = tmp_path / "report.png"
+    _chromium([f"--screenshot={shot}", "--window-size=1400,3000", url], tmp_path)
+    with Image.open(shot) as img:
+        assert img.size == (1400, 3000)
+        colors = img.convert("RGB").getcolors(maxcolors=1 << 20) or []
+        assert len(colors) > 500  # charts and text rendered, not a blank page
+
+
+def test_report_command_prints_the_paths(built: tuple[Path, list[Path]],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = built
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.split() == [str(run / n) for n in
+                                               ("summary.md", "summary.csv", "summary.json",
+                                                "report.html")]
+
+
+def test_bad_run_dirs_are_one_sentence(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        build_report(tmp_path / "missing")
+    old = tmp_path / "old"
+    shutil.copytree(FIXTURE, old)
+    info = json.loads((old / "run.json").read_text())
+    (old / "run.json").write_text(json.dumps({**info, "format_version": 99}))
+    with pytest.raises(UserError, match="another scalelab version"):
+        build_report(old)
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("scalelab: run folder") and "\n" not in err
