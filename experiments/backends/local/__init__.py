@@ -272,10 +272,17 @@ class _Stack:
     def start(self) -> LocalDeployment:
         v, b = self.variant, self.backend
         started = time.time()
+        phases: dict[str, float] = {}
+
+        def phase(name: str) -> None:
+            phases[name] = round(time.time() - started - sum(phases.values()), 3)
+
         appsetup.install_requirements(v, b.state.root)
         cache = appsetup.prepare_data(v, b.state.root)
+        phase("app_setup_s")
         hosts, lb_host = pick_addresses(f"{v.run_id}/{v.name}/{self.id}", v.count)
         self._make_swap()
+        phase("swap_s")
         it = load_catalog().instance(v.instance_type)
         memory = (v.memory_mib - v.os_reserve_mib) * MIB
         for i, host in enumerate(hosts):
@@ -296,12 +303,15 @@ class _Stack:
                                self._signal, self._log)
         self.sampler.start()
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        phase("cgroups_and_spawn_s")
         for inst in self.instances:
             self._wait_instance(inst, deadline)
+        phase("gunicorn_healthy_s")
         url = f"http://{self.instances[0].host}:{INSTANCE_PORT}"
         if v.load_balancer:
             self._start_haproxy(lb_host, deadline)
             url = f"http://{lb_host}:{LB_PORT}"
+            phase("haproxy_healthy_s")
         extra: dict[str, object] = {
             "cpu_scale": b.cpu_scale, "cgroup_version": self.layout.version,
             "credits_start": b.credits, "time_compression": b.time_compression,
@@ -309,6 +319,7 @@ class _Stack:
             "os_reserve_mib": v.os_reserve_mib, "swapfiles": [str(p) for p in self.swapfiles],
             "instances": {i.name: f"http://{i.host}:{i.port}" for i in self.instances},
             "deployment_id": self.id, "startup_s": round(time.time() - started, 3),
+            "startup_phases": phases,
         }
         return LocalDeployment(v, url, [i.name for i in self.instances], started, extra, self)
 
