@@ -595,3 +595,12 @@ def test_logs_fall_back_to_the_stacks_log_group_when_ssm_has_nothing(aws: Any) -
         (f"kernel:{instance}", t0 / 1000), (f"gunicorn:{instance}", t0 / 1000 + 1)]
     assert lines[0].text.startswith("Out of memory: Killed process 2345")
     assert lines[1].text.startswith("[2026-11-25 10:00:00 +0000] [812] [CRITICAL] WORKER TIMEOUT")
+
+
+def test_leftovers_without_credentials_is_one_sentence(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    backend = AwsBackend(state_dir=tmp_path / "state", workspace_factory=FakeWorkspace())
+    with pytest.raises(UserError, match="^no AWS credentials were found"):
+        backend.leftovers()

@@ -39,6 +39,8 @@ from experiments.errors import UserError
 from stacks.variant import DEFAULT_REGION, PROJECT_DIR, Variant, load_variants
 
 DEFAULT_STATE_DIR = Path("~/.scalelab/pulumi-state")
+NO_CREDENTIALS = ("no AWS credentials were found; run `aws configure` (or set AWS_PROFILE, or "
+                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) before using --backend aws.")
 
 
 def _hourly_estimate(variant: Variant) -> float:
@@ -115,9 +117,7 @@ class AwsBackend:
             raise UserError(f"the AWS configuration could not be read ({exc}); fix AWS_PROFILE "
                             "or ~/.aws/config before using --backend aws.") from None
         if credentials is None:
-            raise UserError("no AWS credentials were found; run `aws configure` (or set "
-                            "AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) "
-                            "before using --backend aws.")
+            raise UserError(NO_CREDENTIALS)
         if self.max_usd is not None:
             total = sum(self.estimate_usd(v) for v in variants)
             if total > self.max_usd:
@@ -226,11 +226,13 @@ class AwsBackend:
         return sorted(regions)
 
     def _tagged(self) -> list[TaggedResource]:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         running = self._state.running_run_ids()
         try:
             found = find_tagged(self.session, self._regions())
+        except NoCredentialsError:
+            raise UserError(NO_CREDENTIALS) from None
         except (BotoCoreError, ClientError) as exc:
             raise UserError(f"listing resources tagged project=scalelab failed ({exc}); check "
                             "the AWS credentials and the tag:GetResources permission.") from None
