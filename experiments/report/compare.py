@@ -28,10 +28,10 @@ class Metric:
 
 METRICS = [
     Metric("capacity", "capacity_rps", "req/s", 1, True),
-    Metric("p95 at capacity", "p95_ms_at_capacity", "ms", 0, False),
+    Metric("p95 @ capacity", "p95_ms_at_capacity", "ms", 0, False),
     Metric("survival", "survival_s", "s", 0, True),
     Metric("$/hour", "hourly_usd", "$", 4, False),
-    Metric("$ per million req", "usd_per_million_requests", "$", 3, False),
+    Metric("$/M requests", "usd_per_million_requests", "$", 3, False),
 ]
 
 
