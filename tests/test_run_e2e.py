@@ -1,0 +1,122 @@
+"""End to end on the local backend, for real: Gunicorn in cgroups, HAProxy, Locust, on loopback.
+
+One run of micro + scale-out is interrupted with SIGINT after micro finished, then resumed:
+that proves teardown on Ctrl-C, that finished variants are kept, that `--resume` measures
+only what is missing, and that the finished summary keeps the design's contract.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stacks.variant import PROJECT_DIR
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0,
+                                                   reason="the local backend needs root here")]
+
+FIXTURE_APP = PROJECT_DIR / "tests" / "fixtures" / "byo_app"
+
+
+def scalelab(*args: str) -> list[str]:
+    return [sys.executable, "-m", "experiments", *args]
+
+
+def check_contract(summary: dict[str, Any]) -> None:
+    """The keys DESIGN.md promises in summary.json, with their types."""
+    assert isinstance(summary["run_id"], str) and summary["backend"] == "local"
+    assert 0 < summary["cpu_scale"] <= 2
+    assert summary["slo"]["p95_ms"] == 500 and summary["slo"]["max_error_rate"] == 0.01
+    for v in summary["variants"]:
+        assert {"name", "instance_type", "count", "swap_mib", "load_balancer", "capacity_rps",
+                "p95_ms_at_capacity", "survival", "failure", "cost", "steps"} <= set(v)
+        assert isinstance(v["capacity_rps"], (int, float)) and v["capacity_rps"] >= 0
+        assert set(v["survival"]) >= {"seconds", "held"}
+        assert isinstance(v["failure"]["kind"], str) and isinstance(v["failure"]["evidence"], list)
+        assert set(v["cost"]) >= {"hourly_usd", "monthly_usd", "usd_per_million_requests"}
+        assert v["steps"], "every variant has at least one measured step"
+        for step in v["steps"]:
+            assert set(step) >= {"offered_rps", "achieved_rps", "p50_ms", "p95_ms", "p99_ms",
+                                 "error_rate", "passed"}
+            assert step["p50_ms"] <= step["p95_ms"] <= step["p99_ms"]
+
+
+def leftover_processes() -> list[str]:
+    result = subprocess.run(["pgrep", "-a", "-f", "gunicorn|haproxy|experiments.load"],
+                            capture_output=True, text=True)
+    return [line for line in result.stdout.splitlines() if "pgrep" not in line]
+
+
+def test_interrupt_then_resume_two_variants(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(scalelab("run", "--variants", "micro,scale-out", "--profile",
+                                      "quick", "--out", str(out)),
+                             cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 420
+        while time.time() < deadline and not list(out.glob("*/micro/result.json")):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(1)
+        assert list(out.glob("*/micro/result.json")), "micro did not finish in time"
+        time.sleep(8)  # scale-out is deploying or under load now
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=60) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert leftover_processes() == []
+    run_dir = next(out.iterdir())
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "incomplete"
+    micro_before = (run_dir / "micro" / "result.json").read_bytes()
+    assert [v["name"] for v in json.loads((run_dir / "summary.json").read_text())["variants"]] \
+        == ["micro"]
+
+    second = subprocess.run(scalelab("run", "--resume", run_dir.name, "--out", str(out)),
+                            cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "scale-out" in second.stdout and "capacity" in second.stdout
+    assert leftover_processes() == []
+    assert (run_dir / "micro" / "result.json").read_bytes() == micro_before
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    check_contract(summary)
+    variants = {v["name"]: v for v in summary["variants"]}
+    assert list(variants) == ["micro", "scale-out"]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    assert variants["scale-out"]["capacity_rps"] > variants["micro"]["capacity_rps"]
+    micro_failure = variants["micro"]["failure"]
+    assert micro_failure["kind"] in ("oom_kill", "worker_timeout"), micro_failure
+    assert any("was sent SIGKILL" in line for line in micro_failure["evidence"]), micro_failure
+    for name in variants:
+        folder = run_dir / name
+        for filename in ("variant.json", "steps.json", "survival.json", "signals.csv",
+                         "logs.jsonl", "diagnosis.json", "result.json"):
+            assert (folder / filename).is_file(), f"{name}/{filename}"
+    for filename in ("summary.md", "summary.csv", "report.html"):
+        assert (run_dir / filename).is_file(), filename
+
+
+@pytest.mark.skipif(not FIXTURE_APP.is_dir(), reason="bring-your-own-app fixture not present")
+def test_bring_your_own_app(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    result = subprocess.run(
+        scalelab("run", "--variants", "micro", "--profile", "quick", "--out", str(out),
+                 "--app-dir", str(FIXTURE_APP), "--wsgi", "app:application",
+                 "--health-path", "/health", "--locustfile", str(FIXTURE_APP / "locustfile.py")),
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(next(out.glob("*/summary.json")).read_text())
+    check_contract(summary)
+    (micro,) = summary["variants"]
+    assert micro["capacity_rps"] > 0
+    assert leftover_processes() == []
