@@ -52,7 +52,9 @@ sys.path.insert(0, str(ROOT))
 from experiments.model import LogLine, Observations, SignalSample  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "diagnosis"
-CGROUP_NAME = "scalelab-diag-fixture"
+CGROUP_NAME = "diag-fixture-of-scalelab"
+"""Not `scalelab-*`: the local backend's leftover sweeper removes every such cgroup, and it
+must not kill a recording another test is making (nor we its instances)."""
 MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
 CPUACCT_ROOT = Path("/sys/fs/cgroup/cpuacct")
 INSTANCE = "micro-0"
