@@ -19,6 +19,7 @@ from pathlib import Path
 from experiments.backends.local.cgroups import InstanceCgroup
 from experiments.backends.local.credits import CreditBucket
 from experiments.backends.local.haproxy import target_states
+from experiments.errors import UserError
 from experiments.model import LogLine, SignalSample
 
 
@@ -41,11 +42,11 @@ class SampledInstance:
         vcpus = self.bucket.allowed_vcpus() if self.bucket else float(self.vcpu)
         return vcpus * self.cpu_scale
 
-    def tick(self, now: float) -> tuple[SignalSample, list[str]]:
-        """One sample; returns it with any kernel-side events worth a log line."""
+    def tick(self, now: float) -> tuple[SignalSample, list[tuple[str, str]]]:
+        """One sample, plus (source kind, text) events worth a log line."""
         st = self.cgroup.stats()
         used_cores = None
-        events: list[str] = []
+        events: list[tuple[str, str]] = []
         if self.last_t is not None and now > self.last_t:
             dt = now - self.last_t
             used_cores = max(0.0, (st.cpu_usage_s - self.last_cpu_s) / dt)
@@ -54,16 +55,16 @@ class SampledInstance:
                 self.bucket.update(used_cores / self.cpu_scale, dt * self.time_compression)
         self.last_t, self.last_cpu_s = now, st.cpu_usage_s
         if st.oom_kills > self.last_oom:
-            events.append(f"memory cgroup out of memory: oom_kill counter {self.last_oom} -> "
-                          f"{st.oom_kills} in {self.name}")
+            events.append(("kernel", f"memory cgroup out of memory: oom_kill counter "
+                                     f"{self.last_oom} -> {st.oom_kills} in {self.name}"))
             self.last_oom = st.oom_kills
         new_limit = self.target_cores()
         if abs(new_limit - self.limit_cores) > 1e-9:
             self.cgroup.set_cpu(new_limit)
             if self.bucket is not None and self.limit_cores:
                 what = "baseline" if new_limit < self.limit_cores else "full"
-                events.append(f"cpu credits: balance {self.bucket.balance:.2f}, quota -> "
-                              f"{new_limit:.3f} cores ({what})")
+                events.append(("credits", f"cpu credits: balance {self.bucket.balance:.2f}, "
+                                          f"quota -> {new_limit:.3f} cores ({what})"))
             self.limit_cores = new_limit
         with contextlib.suppress(OSError):
             self.pids_seen |= self.cgroup.pids()
@@ -149,11 +150,11 @@ class Sampler:
         for inst in self.instances:
             try:
                 sample, events = inst.tick(now)
-            except (OSError, ValueError):
-                continue  # cgroup going away at teardown
+            except (OSError, ValueError, UserError):
+                continue  # cgroup going away at teardown; try again next second
             self.sink_signal(sample)
-            for text in events:
-                self.sink_log(LogLine(now, f"kernel:{inst.name}", text))
+            for kind, text in events:
+                self.sink_log(LogLine(now, f"{kind}:{inst.name}", text))
             for line in kernel:
                 # `oom-kill:...,task_memcg=/.../<our cgroup>,task=python,pid=N` names the cgroup;
                 # the `Killed process N` line that follows only names the pid.

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -68,6 +69,7 @@ class StateDir:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.markers = root / "deployments"
+        self._lock = threading.Lock()  # supervisor threads record restarted pids too
 
     def ensure(self) -> None:
         self.markers.mkdir(parents=True, exist_ok=True)
@@ -85,9 +87,10 @@ class StateDir:
         """Atomic write: a crash mid-write must not leave an unreadable marker."""
         self.ensure()
         path = self.markers / f"{marker.deployment_id}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(marker), indent=1))
-        os.replace(tmp, path)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with self._lock:
+            tmp.write_text(json.dumps(asdict(marker), indent=1))
+            os.replace(tmp, path)
 
     def drop(self, marker: Marker) -> None:
         with contextlib.suppress(FileNotFoundError):
