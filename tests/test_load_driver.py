@@ -215,3 +215,13 @@ def test_parent_never_imports_locust_or_gevent() -> None:
     )
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_task_exceptions_count_as_errors(haproxy: tuple[object, str]) -> None:
+    _, url = haproxy
+    with LoadSession(url + "/", LoadSettings(FIXTURES / "raising_locustfile.py")) as session:
+        step = session.step(20, warmup_s=1, hold_s=2)
+    assert step.requests > 0 and step.error_rate == 1.0
+    assert step.errors_by_kind == {"task error KeyError": step.errors}
+    verdict = judge(step, Slo())
+    assert verdict.passed is False and "task error KeyError" in verdict.verdict

@@ -143,6 +143,10 @@ class Recorder:
             kind = f"HTTP {status}" if status >= 400 else type(exception).__name__
         self.window.record(response_time or 0.0, kind, response_length or 0)
 
+    def on_user_error(self, exception: BaseException | None = None, **_: Any) -> None:
+        """An exception escaped a task: count it, or a broken locustfile would look idle."""
+        self.window.record_task_error(f"task error {type(exception).__name__}")
+
     def on_cpu_warning(self, **_: Any) -> None:
         self.window.cpu_warning = True
 
@@ -215,6 +219,7 @@ class Child:
         self.recorder = Recorder()
         events.request.add_listener(self.recorder.on_request)
         events.cpu_warning.add_listener(self.recorder.on_cpu_warning)
+        events.user_error.add_listener(self.recorder.on_user_error)
         self.collector = Collector(self.runner, self.recorder, self.workers)
 
     def send(self, message: dict[str, Any]) -> None:
@@ -351,6 +356,7 @@ def run_worker(args: argparse.Namespace) -> None:
     recorder = Recorder()
     events.request.add_listener(recorder.on_request)
     events.cpu_warning.add_listener(recorder.on_cpu_warning)
+    events.user_error.add_listener(recorder.on_user_error)
 
     def on_pace(environment: Environment, msg: Any, **_: Any) -> None:
         set_pace(user_class, msg.data["per_user_rps"])

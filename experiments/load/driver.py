@@ -142,7 +142,7 @@ class LoadSession:
                 f"--load-workers {settings.load_workers} is negative; use 0 (one local "
                 "generator) or a positive number of worker processes"
             )
-        self.url = url
+        self.url = url.rstrip("/")  # the locustfile's paths start with "/"
         self.settings = settings
         self._master: _Proc | None = None
         self._workers: list[_Proc] = []

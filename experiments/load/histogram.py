@@ -53,6 +53,12 @@ class Window:
         value = int(round(response_time_ms * 1000.0))
         self.histogram.record_value(min(max(value, LOWEST_US), HIGHEST_US))
 
+    def record_task_error(self, kind: str) -> None:
+        """A task raised before its request completed (a locustfile bug): an error, no latency."""
+        self.requests += 1
+        self.errors += 1
+        self.errors_by_kind[kind] += 1
+
     @property
     def successes(self) -> int:
         return self.requests - self.errors

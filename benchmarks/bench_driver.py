@@ -1,0 +1,166 @@
+"""How many requests/s the load driver sustains, next to wrk, on a static loopback endpoint.
+
+    .venv/bin/python benchmarks/bench_driver.py [--seconds 10] [--users 50] [--workers 0,2]
+
+The target is HAProxy answering every request itself (`http-request return`), so the server
+costs almost nothing and the figure is the generator's ceiling: closed loop, no pacing, the
+driver's survival mode (FastHttpUser, HdrHistogram recording, per-second windows). One
+generator process is one gevent thread, i.e. at most one core. Targets (issue 5): >= 4,000
+req/s per generator process, and 2 workers >= 1.5x one. Prints figures; asserts nothing.
+Timing on a shared machine is noisy: run it when the box is quiet, and read the CPU columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments.load.driver import LoadSession, LoadSettings  # noqa: E402
+
+DEFAULT_LOCUSTFILE = ROOT / "tests" / "fixtures" / "load" / "ping_locustfile.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_haproxy(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    config = workdir / "haproxy.cfg"
+    config.write_text(
+        "global\n    maxconn 4000\n"
+        "defaults\n    mode http\n    timeout client 10s\n    timeout connect 5s\n"
+        "    timeout server 10s\n"
+        f"frontend static\n    bind 127.0.0.1:{port}\n"
+        "    http-request return status 200 content-type text/plain string ok\n"
+    )
+    proc = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"http://127.0.0.1:{port}/"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise SystemExit("haproxy did not start")
+
+
+def run_wrk(url: str, seconds: int, connections: int) -> float | None:
+    if shutil.which("wrk") is None:
+        return None
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url],
+        capture_output=True, text=True, check=False,
+    ).stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    return float(match.group(1)) if match else None
+
+
+class CpuWatch:
+    """Peak and mean CPU (cores) of the generator processes, sampled from outside."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.samples: list[list[float]] = []
+        self._stop = threading.Event()
+        for proc in self.procs:
+            proc.cpu_percent(None)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            row = []
+            for proc in self.procs:
+                try:
+                    row.append(proc.cpu_percent(None) / 100)
+                except psutil.Error:
+                    row.append(0.0)
+            self.samples.append(row)
+
+    def stop(self) -> tuple[float, float]:
+        """(mean total cores, peak of any single process)."""
+        self._stop.set()
+        self._thread.join()
+        rows = self.samples[1:] or self.samples  # skip the spawn second
+        if not rows:
+            return 0.0, 0.0
+        mean_total = sum(sum(row) for row in rows) / len(rows)
+        return mean_total, max(max(row) for row in rows)
+
+
+def run_driver(url: str, locustfile: Path, workers: int, users: int, seconds: int) -> dict:
+    with LoadSession(url, LoadSettings(locustfile, load_workers=workers)) as session:
+        watch = CpuWatch(session.pids)
+        result = session.survival(users=users, limit_s=seconds)
+        cpu_total, cpu_peak = watch.stop()
+    steady = result.timeline[1:] or result.timeline  # the first second includes spawning
+    span = steady[-1]["t"] - (result.timeline[0]["t"] if len(result.timeline) > 1 else 0.0)
+    rps = sum(p["requests"] for p in steady) / span if span > 0 else 0.0
+    errors = sum(p["errors"] for p in result.timeline)
+    p95 = max(p["p95_ms"] for p in steady)
+    return {"rps": rps, "errors": errors, "p95_ms": p95, "cpu_total": cpu_total,
+            "cpu_peak": cpu_peak, "held": result.held}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--workers", default="0,2",
+                        help="comma-separated --load-workers values (0 = one local process)")
+    parser.add_argument("--locustfile", type=Path, default=DEFAULT_LOCUSTFILE)
+    parser.add_argument("--skip-wrk", action="store_true")
+    args = parser.parse_args()
+
+    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
+          "(shared machine: figures are noisy)")
+    with tempfile.TemporaryDirectory(prefix="scalelab-bench-") as tmp:
+        haproxy, url = start_haproxy(Path(tmp))
+        try:
+            if not args.skip_wrk:
+                wrk = run_wrk(url, args.seconds, args.users)
+                print(f"wrk -t1 -c{args.users}:                 "
+                      + (f"{wrk:>9,.0f} req/s" if wrk else "not available"))
+            results: dict[int, dict] = {}
+            for workers in (int(w) for w in args.workers.split(",")):
+                fig = run_driver(url, args.locustfile, workers, args.users, args.seconds)
+                results[workers] = fig
+                procs = max(1, workers)
+                label = "1 local process" if workers == 0 else f"--load-workers {workers}"
+                print(
+                    f"driver, {label:<18} {fig['rps']:>9,.0f} req/s  "
+                    f"({fig['rps'] / procs:,.0f} per generator process; CPU mean "
+                    f"{fig['cpu_total']:.2f} cores, peak {fig['cpu_peak']:.2f} of one core; "
+                    f"p95 {fig['p95_ms']:.1f} ms; errors {fig['errors']})"
+                )
+            if 0 in results and 2 in results and results[0]["rps"]:
+                ratio = results[2]["rps"] / results[0]["rps"]
+                print(f"2 workers / 1 process: {ratio:.2f}x (target >= 1.5x; needs 2 free cores "
+                      "besides HAProxy)")
+        finally:
+            os.killpg(haproxy.pid, signal.SIGKILL)
+            haproxy.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
