@@ -68,27 +68,29 @@ def rate_chart(name: str, steps: Sequence[StepResult], slo_p95_ms: float,
     ax1.set(xlim=(0, top), ylim=(0, top), xlabel="offered (requests/s)",
             ylabel="achieved (requests/s)", title=f"{name}: throughput")
     ax2.plot(offered, [s.p95_ms for s in ordered], color=INK, lw=1.2, alpha=0.6)
-    ax2.scatter(offered, [s.p95_ms for s in ordered], c=colors, s=34, zorder=3, label="p95")
+    ax2.scatter(offered, [s.p95_ms for s in ordered], c=colors, s=34, zorder=3)
+    ax2.plot([], [], color=INK, alpha=0.6, marker="o", ms=5, label="p95")
     ax2.plot(offered, [s.p50_ms for s in ordered], color="#9aa5b1", lw=1, ls="--", label="p50")
-    ax2.axhline(slo_p95_ms, color=SLO_RED, lw=1.3, ls="--")
-    ax2.text(0.01, slo_p95_ms, f" SLO p95 {slo_p95_ms:g} ms", color=SLO_RED, va="bottom",
-             transform=ax2.get_yaxis_transform(), fontsize=8.5)
+    ax2.axhline(slo_p95_ms, color=SLO_RED, lw=1.3, ls="--", label=f"SLO p95 {slo_p95_ms:g} ms")
     ax2.set_yscale("log")
     ax2.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax2.yaxis.set_major_formatter(FuncFormatter(_ms_label))
     ax2.yaxis.set_minor_formatter(NullFormatter())
+    highest = max([s.p95_ms for s in ordered] + [slo_p95_ms])
+    lowest = min([s.p50_ms for s in ordered if s.p50_ms > 0] + [slo_p95_ms])
+    ax2.set_ylim(lowest / 1.6, highest * 4)  # headroom above for the legend
     ax2.set(xlim=(0, top), xlabel="offered (requests/s)", ylabel="latency (ms, log scale)",
             title=f"{name}: latency")
     for ax in (ax1, ax2):
         if capacity_rps:
             ax.axvline(capacity_rps, color=ACCENT, lw=1.2, alpha=0.8)
-        ax.scatter([], [], c=PASS, s=30, label="step passed")
-        ax.scatter([], [], c=FAIL, s=30, label="step failed")
+    ax1.scatter([], [], c=PASS, s=30, label="step passed")
+    ax1.scatter([], [], c=FAIL, s=30, label="step failed")
     if capacity_rps:
         ax1.text(capacity_rps, 0.03, f" capacity {capacity_rps:.1f}", color=ACCENT, fontsize=8.5,
                  transform=ax1.get_xaxis_transform())
     ax1.legend(loc="upper left")
-    ax2.legend(loc="upper left")
+    ax2.legend(loc="upper left", ncol=3)
     fig.tight_layout()
     return png(fig)
 
