@@ -4,6 +4,7 @@ cpu_scale, HAProxy config, loopback addresses, bad input."""
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,23 @@ def test_addresses_stay_in_loopback_and_differ_per_seed() -> None:
         assert ipaddress.ip_address(h) in ipaddress.ip_network("127.0.0.0/8")
         assert not h.startswith("127.0.")
     assert len(set(hosts)) == 3 and hosts != other
+
+
+def test_sweep_takes_only_our_dead_owners_cgroups(tmp_path: Path) -> None:
+    import subprocess
+
+    from experiments.backends.local.cgroups import CgroupLayout
+    from experiments.backends.local.state import StateDir, find_leftovers
+
+    root = tmp_path / "cg"
+    _fake_v2(root)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    names = [f"scalelab-p{dead.pid}-abcdef-micro-i0",  # ours, owner gone: a leftover
+             f"scalelab-p{os.getpid()}-abcdef-micro-i0",  # ours, owner alive: not touched
+             "scalelab-recording-micro"]  # someone else's naming: never touched
+    for name in names:
+        (root / name).mkdir()
+        (root / name / "cgroup.procs").write_text("")
+    found = find_leftovers(StateDir(tmp_path / "state"), CgroupLayout(2, {"unified": root}))
+    assert [Path(item.ident).name for item in found] == [names[0]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -113,10 +114,14 @@ class StateDir:
                 if owner_alive(m.owner_pid, m.owner_start)}
 
 
+_OWNED = re.compile(rf"^{re.escape(CGROUP_PREFIX)}p(\d+)-[0-9a-f]{{6}}-")
+
+
 def _owner_pid_of(cgroup_name: str) -> int | None:
-    """Cgroup names are `scalelab-p<owner pid>-<random>-<variant>-<role>`."""
-    first = cgroup_name[len(CGROUP_PREFIX):].split("-", 1)[0]
-    return int(first[1:]) if first.startswith("p") and first[1:].isdigit() else None
+    """Our cgroup names are `scalelab-p<owner pid>-<6 hex>-<variant>-<role>`; anything else
+    (someone else's `scalelab-...`) has no owner we can judge and is never swept."""
+    m = _OWNED.match(cgroup_name)
+    return int(m.group(1)) if m else None
 
 
 def find_leftovers(state: StateDir, layout: CgroupLayout | None) -> list[Leftover]:
@@ -145,13 +150,15 @@ def find_leftovers(state: StateDir, layout: CgroupLayout | None) -> list[Leftove
             if str(cg_path) in seen or any(i in cg_path.name for i in live):
                 continue
             pid = _owner_pid_of(cg_path.name)
-            if pid is not None and Path(f"/proc/{pid}").exists() and pid != os.getpid():
-                continue  # an owner is still running (maybe from another state dir)
+            if pid is None or Path(f"/proc/{pid}").exists():
+                continue  # not ours, or its owner still runs (maybe with another state dir)
             found.append(Leftover("cgroup", str(cg_path), "unmarked"))
     for sf in swap.active_swapfiles():
         if str(sf) in seen or not sf.name.startswith(CGROUP_PREFIX):
             continue
-        if sf.is_relative_to(state.root) and not any(i in sf.name for i in live):
+        pid = _owner_pid_of(sf.name)
+        if sf.is_relative_to(state.root) and pid is not None and \
+                not Path(f"/proc/{pid}").exists():
             found.append(Leftover("swapfile", str(sf), "unmarked"))
     return found
 
