@@ -114,6 +114,9 @@ class StepResult(Record):
     generator_cpu: float = 0.0
     """Peak CPU of the load generator process(es), as a fraction of one core."""
     generator_saturated: bool = False
+    generator_lag_ms: float = 0.0
+    """90th percentile of the generator's event-loop lag (worst process): above ~20 ms the
+    generator cannot send on time (CPU-starved, even below 90 % of a core on a shared host)."""
     users: int = 0
     """Concurrent simulated users (each holds one keep-alive connection)."""
     response_bytes: int = 0

@@ -218,11 +218,12 @@ def test_windows_merge_over_the_wire() -> None:
         all_values.append(v)
         (a if i % 2 else b).record(v, "HTTP 503" if i % 50 == 0 else None, 10)
     a.cpu_peak, b.cpu_peak, b.cpu_warning = 0.4, 0.7, True
+    a.loop_lag_ms, b.loop_lag_ms = 31.0, 2.0
     merged = Window.from_wire(a.to_wire())
     merged.merge(Window.from_wire(b.to_wire()))
     assert merged.requests == 5000 and merged.errors == 100 and merged.response_bytes == 50_000
     assert merged.errors_by_kind == {"HTTP 503": 100}
-    assert merged.cpu_peak == 0.7 and merged.cpu_warning
+    assert merged.cpu_peak == 0.7 and merged.cpu_warning and merged.loop_lag_ms == 31.0
     assert merged.percentile_ms(95) == pytest.approx(exact_percentile(all_values, 95), rel=0.01)
     empty = Window.from_wire(Window().to_wire())
     assert empty.requests == 0 and empty.percentile_ms(95) == 0.0

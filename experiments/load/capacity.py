@@ -29,8 +29,8 @@ def judge(step: StepResult, slo: Slo) -> StepResult:
     problems: list[str] = []
     if step.generator_saturated:
         problems.append(
-            f"generator saturated (CPU {step.generator_cpu:.0%} of a core): invalid step, "
-            "not a server measurement"
+            f"generator saturated (CPU {step.generator_cpu:.0%} of a core, event-loop lag "
+            f"{step.generator_lag_ms:.0f} ms): invalid step, not a server measurement"
         )
     if step.requests == 0:
         problems.append("no request completed")

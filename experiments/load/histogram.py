@@ -40,6 +40,8 @@ class Window:
     """Highest CPU sample of any generator process in this window, fractions of one core."""
     cpu_warning: bool = False
     """Locust's own `cpu_warning` fired in some generator process during the window."""
+    loop_lag_ms: float = 0.0
+    """p90 event-loop lag of the worst generator process in this window."""
     started: float = 0.0
     """time.monotonic() of the swap that opened the window (per process; informational)."""
 
@@ -79,6 +81,7 @@ class Window:
             self.histogram.add(other.histogram)
         self.cpu_peak = max(self.cpu_peak, other.cpu_peak)
         self.cpu_warning = self.cpu_warning or other.cpu_warning
+        self.loop_lag_ms = max(self.loop_lag_ms, other.loop_lag_ms)
 
     def to_wire(self) -> dict[str, Any]:
         """A msgpack/JSON-safe dict (the histogram as its compressed base64 encoding)."""
@@ -91,6 +94,7 @@ class Window:
             "histogram": self.histogram.encode().decode("ascii") if count else "",
             "cpu_peak": self.cpu_peak,
             "cpu_warning": self.cpu_warning,
+            "loop_lag_ms": self.loop_lag_ms,
         }
 
     @classmethod
@@ -105,4 +109,5 @@ class Window:
             histogram=histogram,
             cpu_peak=float(data.get("cpu_peak", 0.0)),
             cpu_warning=bool(data.get("cpu_warning", False)),
+            loop_lag_ms=float(data.get("loop_lag_ms", 0.0)),
         )
