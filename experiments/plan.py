@@ -7,7 +7,8 @@ N or they do not. Prices come from the same bill of materials `cost` uses, resca
 
 Extrapolation is linear in vCPUs from the measured scale-up type, and shrinks with memory
 when a candidate has less of it. Burstable types hold such figures only while they have CPU
-credits: the table says which figures are measured and which are extrapolated.
+credits: the table says which figures are measured and which are extrapolated. Candidates keep
+the measured type's architecture (an arm64 type needs an arm64 AMI and a new measurement).
 """
 
 from __future__ import annotations
