@@ -110,7 +110,7 @@ _HAPROXY_503 = re.compile(r"<NOSRV> \S+ 503 ")
 _ERR_503 = re.compile(r"\b503\b|Service Unavailable|no healthy", re.I)
 _ERR_REFUSED = re.compile(
     r"refused|ECONNREFUSED|errno 111|\breset\b|ECONNRESET|errno 104|RemoteDisconnected|"
-    r"BrokenPipe|unreachable", re.I)
+    r"BrokenPipe|EHOSTUNREACH", re.I)
 
 
 @dataclass
@@ -212,7 +212,10 @@ def _windows(variant: Variant, failing: list[StepResult], survival: SurvivalResu
     if survival is not None:
         if survival.started_at <= 0:
             return [(-math.inf, math.inf)]
-        end = survival.failed_at or survival.started_at + survival.seconds
+        # Until the test stopped: the rule dates a failure back to the start of the bad
+        # stretch, but what killed the service happened inside that stretch.
+        ran_s = max((p.get("t", 0.0) for p in survival.timeline), default=survival.seconds)
+        end = max(survival.failed_at or 0.0, survival.started_at + ran_s)
         out.append((survival.started_at, end + TAIL_S))
     return out
 

@@ -129,7 +129,8 @@ def _open_or_create(args: argparse.Namespace) -> tuple[RunStore, RunPlan]:
     if args.backend == "local" and cpu_scale is None:
         from experiments.backends.local import LocalBackend
 
-        cpu_scale = LocalBackend.choose_cpu_scale(variants)
+        # Sized for every stack in stacks/, not just this run's: runs stay comparable.
+        cpu_scale = LocalBackend.choose_cpu_scale(load_variants())
     run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{args.backend}"
     plan = RunPlan(run_id=run_id, backend_name=args.backend, variants=variants,
                    profile=get_profile(args.profile), slo=Slo(p95_ms=args.slo_p95_ms),
@@ -434,7 +435,7 @@ def summary_entry(variant: Variant, capacity_rps: float, p95_at_capacity: float 
 @contextmanager
 def _progress() -> Iterator[Progress]:
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  TextColumn("{task.completed:.0f}/{task.total:.0f}"), TimeElapsedColumn(),
+                  TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         yield progress
 

@@ -169,14 +169,20 @@ def test_survival_error_rate_rule_and_failure_time() -> None:
 
 
 def test_survival_no_success_rule() -> None:
-    tripped, verdict = feed(SurvivalRule(), [(50, 0)] * 7 + [(0, 0)] * 10)
-    assert tripped == 12 and verdict.failed_at_s == 7.0
-    assert "no response at all" in verdict.reason
+    tripped, verdict = feed(SurvivalRule(), [(50, 0)] * 7 + [(0, 0)] * 40)
+    assert tripped == 37 and verdict.failed_at_s == 7.0
+    assert "no response at all for 30 s" in verdict.reason
 
 
-def test_survival_needs_a_full_window() -> None:
-    tripped, verdict = feed(SurvivalRule(), [(0, 0)] * 6)
-    assert tripped == 5 and verdict.failed_at_s == 0.0
+def test_survival_a_stall_shorter_than_the_hang_limit_is_degraded_not_dead() -> None:
+    # both workers busy with huge requests for 20 s, then the service answers again
+    tripped, _ = feed(SurvivalRule(), [(50, 0)] * 3 + [(0, 0)] * 20 + [(50, 0)] * 10)
+    assert tripped is None
+
+
+def test_survival_hang_from_the_start() -> None:
+    tripped, verdict = feed(SurvivalRule(), [(0, 0)] * 31)
+    assert tripped == 30 and verdict.failed_at_s == 0.0
 
 
 # ---- histogram accuracy -------------------------------------------------------------------

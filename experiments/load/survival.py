@@ -3,12 +3,16 @@
 Pure logic (no I/O), fed one bucket per second by the load child, so the rule is unit-tested
 and is exactly the sentence the report prints:
 
-    A service FAILS the survival test at the first moment when, over the last 5 seconds,
-    either more than 50 % of the completed requests were errors, or not a single request
-    succeeded (this includes "nothing completed at all": the server hangs or is unreachable).
-    The time of failure is the start of the first bad second inside that 5-second window
-    (a second with more than 50 % errors, or without any success), not the moment the
-    rule tripped: the service died when its errors began, not five seconds later.
+    A service FAILS the survival test at the first moment when either
+    - over the last 5 seconds more than 50 % of the completed requests were errors
+      (refused, reset, 5xx: the service is answering, but with failures), or
+    - not a single request succeeded for 30 seconds (the service hangs or is unreachable:
+      as long as Gunicorn's default worker timeout, after which it kills stalled workers).
+    A slow service is not yet a dead one: stalls shorter than 30 s (a worker busy with a huge
+    request on a small CPU) count as degraded, which the timeline and p95 show.
+    The time of failure is the start of the first bad second (a second with more than 50 %
+    errors, or without any success) of the stretch that tripped the rule, not the moment the
+    rule tripped: the service died when its errors began.
     If neither happens before the time limit, the service HELD.
 """
 
@@ -19,10 +23,11 @@ from dataclasses import dataclass, field
 
 WINDOW_S = 5
 MAX_ERROR_RATE = 0.5
+HANG_S = 30
 
 RULE_TEXT = (
     f"failed = over the last {WINDOW_S} s more than {MAX_ERROR_RATE:.0%} of requests were "
-    f"errors, or no request succeeded for {WINDOW_S} s"
+    f"errors, or no request succeeded for {HANG_S} s"
 )
 
 
@@ -59,18 +64,35 @@ class SurvivalRule:
         self._window: deque[Second] = deque(maxlen=WINDOW_S)
         self._starts: deque[float] = deque(maxlen=WINDOW_S)
         self._previous_t = 0.0
+        self._last_success_t = 0.0
+        self._silent: Counter[str] = Counter()
+        self._silent_requests = 0
 
     def add(self, second: Second) -> Verdict | None:
-        """Judge the window of the last five seconds, ending with `second`."""
-        self._starts.append(self._previous_t)
+        """Judge the stretch ending with `second`: error rate over 5 s, silence over 30 s."""
+        start = self._previous_t
+        self._starts.append(start)
         self._previous_t = second.t
         self._window.append(second)
+        if second.successes > 0:
+            self._last_success_t = second.t
+            self._silent.clear()
+            self._silent_requests = 0
+        else:
+            self._silent.update(second.errors_by_kind)
+            self._silent_requests += second.requests
+        if second.t - self._last_success_t >= HANG_S:
+            if self._silent_requests == 0:
+                reason = f"no response at all for {HANG_S} s (server hung or unreachable)"
+            else:
+                reason = (f"no successful response for {HANG_S} s "
+                          f"({self._silent_requests} errors{_top(self._silent)})")
+            return Verdict(failed_at_s=self._last_success_t, reason=reason)
         if len(self._window) < WINDOW_S:
             return None
         requests = sum(s.requests for s in self._window)
         errors = sum(s.errors for s in self._window)
-        successes = requests - errors
-        if successes > 0 and errors <= MAX_ERROR_RATE * requests:
+        if requests == 0 or errors <= MAX_ERROR_RATE * requests:
             return None
         first_bad = next(
             start for start, s in zip(self._starts, self._window, strict=True) if s.bad
@@ -78,17 +100,15 @@ class SurvivalRule:
         kinds: Counter[str] = Counter()
         for s in self._window:
             kinds.update(s.errors_by_kind)
-        top = ""
-        if kinds:
-            kind, count = max(kinds.items(), key=lambda kv: kv[1])
-            top = f", mostly {kind} ({count})"
-        if requests == 0:
-            reason = f"no response at all for {WINDOW_S} s (server hung or unreachable)"
-        elif successes == 0:
-            reason = f"no successful response for {WINDOW_S} s ({errors} errors{top})"
-        else:
-            reason = (
-                f"error rate {errors / requests:.0%} over {WINDOW_S} s "
-                f"({errors} of {requests} requests{top})"
-            )
+        reason = (
+            f"error rate {errors / requests:.0%} over {WINDOW_S} s "
+            f"({errors} of {requests} requests{_top(kinds)})"
+        )
         return Verdict(failed_at_s=first_bad, reason=reason)
+
+
+def _top(kinds: Counter[str]) -> str:
+    if not kinds:
+        return ""
+    kind, count = max(kinds.items(), key=lambda kv: kv[1])
+    return f", mostly {kind} ({count})"
