@@ -17,6 +17,7 @@ import contextvars
 import hashlib
 import json
 import runpy
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,8 @@ class DeclaredResource:
     name: str
     inputs: dict[str, Any]
     urn: str = ""
+    id: str = ""
+    """The id the mocks gave it (what other resources' inputs refer to)."""
     parent: str = ""
     """URN of the parent resource ("" for children of the stack)."""
     custom: bool = True
@@ -173,18 +176,23 @@ def _run(variant: Variant, mocks: ScalelabMocks) -> ProgramRun:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     monitor = pulumi_mocks.MockMonitor(mocks)
-    registered: list[tuple[str, str, str, str, bool]] = []
+    registered: list[tuple[str, str, str, str, str, bool]] = []
     register = monitor.RegisterResource
 
     def recording_register(request: Any) -> Any:
         response = register(request)
-        registered.append((request.type, request.name, response.urn, request.parent,
-                           bool(request.custom)))
+        registered.append((request.type, request.name, response.urn, response.id,
+                           request.parent, bool(request.custom)))
         return response
 
     monitor.RegisterResource = recording_register  # type: ignore[method-assign]
     try:
         pulumi_settings.set_root_resource(None)  # type: ignore[arg-type]
+        # MockSettings leaves the set of outstanding outputs (and its lock) at whatever the
+        # process had: a run that failed half-way would leave tasks of its dead loop there and
+        # the next run would wait for them forever. Give each run its own.
+        pulumi_settings.SETTINGS.outputs = set()
+        pulumi_settings.SETTINGS.lock = threading.Lock()
         pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=variant.name, preview=False,
                                  monitor=monitor)
         pulumi.runtime.set_all_config(stack_config(variant))
@@ -198,14 +206,20 @@ def _run(variant: Variant, mocks: ScalelabMocks) -> ProgramRun:
 
         outputs = loop.run_until_complete(resolve())
     finally:
+        # A program that failed half-way leaves registrations pending: cancel them quietly.
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         asyncio.set_event_loop(None)
         loop.close()
-    stack_urn = next((urn for typ, _n, urn, _p, _c in registered if typ == "pulumi:pulumi:Stack"),
-                     "")
+    stack_urn = next((r[2] for r in registered if r[0] == "pulumi:pulumi:Stack"), "")
     resources = [
         DeclaredResource(type=typ, name=name, inputs=mocks.inputs.get(f"{typ}::{name}", {}),
-                         urn=urn, parent="" if parent == stack_urn else parent, custom=custom)
-        for typ, name, urn, parent, custom in registered if typ != "pulumi:pulumi:Stack"
+                         urn=urn, id=rid, parent="" if parent == stack_urn else parent,
+                         custom=custom)
+        for typ, name, urn, rid, parent, custom in registered if typ != "pulumi:pulumi:Stack"
     ]
     return ProgramRun(resources=resources, outputs=outputs, invokes=list(mocks.invokes))
 
@@ -217,17 +231,28 @@ def run_program(variant: Variant, zones: tuple[str, ...] = DEFAULT_ZONES,
     Raises the program's VariantError unchanged (one sentence for the user).
     """
     mocks = ScalelabMocks(variant.region, zones, default_vpc)
-    try:
-        return contextvars.Context().run(_run, variant, mocks)
-    except VariantError:
-        raise
-    except Exception as exc:  # the engine wraps program errors; surface ours as they were
-        cause: BaseException | None = exc
-        while cause is not None:
-            if isinstance(cause, VariantError):
-                raise cause from None
-            cause = cause.__cause__ or cause.__context__
-        raise
+    result: list[ProgramRun] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(contextvars.Context().run(_run, variant, mocks))
+        except BaseException as exc:  # re-raised in the caller's thread below
+            failure.append(exc)
+
+    # A thread of its own: asyncio keeps the running loop per thread, and a program that failed
+    # half-way must not leave its loop state behind for the next run.
+    worker = threading.Thread(target=target, name=f"pulumi-preview-{variant.name}")
+    worker.start()
+    worker.join()
+    if not failure:
+        return result[0]
+    cause: BaseException | None = failure[0]
+    while cause is not None:  # the engine may wrap the program's error; surface ours as it was
+        if isinstance(cause, VariantError):
+            raise cause.with_traceback(None) from None
+        cause = cause.__cause__ or cause.__context__
+    raise failure[0]
 
 
 def declared_resources(variant: Variant) -> list[DeclaredResource]:
