@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import socket
 import subprocess
 import time
@@ -42,6 +43,8 @@ from experiments.results import RunStore
 from stacks.variant import PROJECT_DIR, Variant, load_variants
 
 console = Console()
+if not console.is_terminal:  # logs and CI: keep the summary table readable, not 80 columns
+    console = Console(width=150)
 
 
 @dataclass(frozen=True)
@@ -333,7 +336,7 @@ def measure_variant(variant: Variant, plan: RunPlan, backend: Backend, store: Ru
     store.save_json(variant.name, "diagnosis.json", failure.to_dict())
     cost = _price(variant, capacity, observations)
     entry = summary_entry(variant, capacity.capacity_rps, capacity.p95_ms_at_capacity,
-                          capacity.steps, survival, failure, cost, plan)
+                          capacity.steps, survival, failure, cost, plan, observations)
     store.finish_variant(variant.name, entry)
     progress.console.print(
         f"[bold]{variant.name}[/bold]: capacity {capacity.capacity_rps:.1f} req/s, survival "
@@ -396,9 +399,24 @@ def surplus_credits_per_hour(observations: Observations) -> float:
     return total / (span / 3600) if span > 0 else 0.0
 
 
+WORKER_LOSS = re.compile(r"was sent SIGKILL|WORKER TIMEOUT|Killed process|oom_kill counter")
+
+
+def first_worker_loss_s(survival: SurvivalResult, observations: Observations) -> float | None:
+    """Seconds into the survival test until the server first lost a worker (kernel OOM kill or
+    Gunicorn's timeout kill), or None. The client-side verdict says when users were failed;
+    this says when the box itself first broke — the moment the seed's log recorded."""
+    end = survival.started_at + max((p.get("t", 0.0) for p in survival.timeline),
+                                    default=survival.seconds)
+    losses = [line.t for line in observations.logs
+              if survival.started_at <= line.t <= end and WORKER_LOSS.search(line.text)]
+    return round(min(losses) - survival.started_at, 1) if losses else None
+
+
 def summary_entry(variant: Variant, capacity_rps: float, p95_at_capacity: float | None,
                   steps: list[StepResult], survival: SurvivalResult, failure: Failure,
-                  cost: dict[str, Any], plan: RunPlan) -> dict[str, Any]:
+                  cost: dict[str, Any], plan: RunPlan,
+                  observations: Observations | None = None) -> dict[str, Any]:
     """One variant in summary.json: the design's keys first, extras after."""
     return {
         "name": variant.name,
@@ -409,7 +427,9 @@ def summary_entry(variant: Variant, capacity_rps: float, p95_at_capacity: float 
         "capacity_rps": round(capacity_rps, 2),
         "p95_ms_at_capacity": None if p95_at_capacity is None else round(p95_at_capacity, 1),
         "survival": {"seconds": round(survival.seconds, 1), "held": survival.held,
-                     "limit_s": survival.limit_s, "reason": survival.reason},
+                     "limit_s": survival.limit_s, "reason": survival.reason,
+                     "first_worker_loss_s": first_worker_loss_s(
+                         survival, observations or Observations())},
         "failure": {"kind": failure.kind, "evidence": failure.evidence,
                     "summary": failure.summary, "at": failure.at},
         "cost": cost,
@@ -468,11 +488,13 @@ def print_summary_table(summary: dict[str, Any], out: Console | None = None) -> 
         per_million = cost.get("usd_per_million_requests")
         table.add_row(
             v["name"],
-            f"{v['count']} × {v['instance_type']}" + (" + ALB" if v.get("load_balancer") else "")
-            + (f", swap {v['swap_mib']} MiB" if v.get("swap_mib") else ""),
+            f"{v['count']}×{v['instance_type']}" + ("+ALB" if v.get("load_balancer") else "")
+            + (f", swap {v['swap_mib'] / 1024:g} GiB" if v.get("swap_mib") else ""),
             f"{v['capacity_rps']:.1f}",
             "—" if p95 is None else f"{p95:.0f} ms",
-            "held" if survival.get("held") else f"{survival.get('seconds', 0):.0f} s",
+            ("held" if survival.get("held") else f"{survival.get('seconds', 0):.0f} s")
+            + ("" if survival.get("first_worker_loss_s") is None
+               else f" (worker lost at {survival['first_worker_loss_s']:.0f} s)"),
             (v.get("failure") or {}).get("kind", "?"),
             f"{cost['hourly_usd']:.4f}" if "hourly_usd" in cost else "—",
             "—" if per_million is None else f"{per_million:.3f}",
