@@ -6,7 +6,8 @@ Layout (a contract: the report, `compare`, `plan` and users' own tools read it):
     summary.json             the design's contract (one entry per finished variant)
     <variant>/variant.json   the Variant as parsed from its stack file
     <variant>/steps.json     every capacity step (offered, achieved, percentiles, verdict)
-    <variant>/survival.json  the survival test
+    <variant>/survival.json  the survival test's verdict (clients and server together)
+    <variant>/survival-clients.json  what the load generator alone saw (written first)
     <variant>/signals.csv    one row per instance per second
     <variant>/logs.jsonl     every Gunicorn / kernel / HAProxy line with its time
     <variant>/diagnosis.json the named failure and its evidence

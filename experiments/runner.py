@@ -322,7 +322,7 @@ def measure_variant(variant: Variant, plan: RunPlan, backend: Backend, store: Ru
                     survival = load.survival(
                         profile.survival_users, profile.survival_limit_s,
                         on_tick=lambda elapsed: progress.update(phase, completed=elapsed))
-                store.save_json(variant.name, "survival.json", survival.to_dict())
+                store.save_json(variant.name, "survival-clients.json", survival.to_dict())
             finally:
                 progress.update(phase, description=f"{variant.name}: collecting signals, "
                                                    "tearing down")
@@ -332,6 +332,8 @@ def measure_variant(variant: Variant, plan: RunPlan, backend: Backend, store: Ru
         progress.remove_task(phase)
 
     assert capacity is not None and survival is not None
+    survival = with_worker_loss(survival, observations)
+    store.save_json(variant.name, "survival.json", survival.to_dict())
     failure = _diagnose(variant, observations, capacity.steps, survival, plan.slo)
     store.save_json(variant.name, "diagnosis.json", failure.to_dict())
     cost = _price(variant, capacity, observations)
@@ -411,6 +413,26 @@ def first_worker_loss_s(survival: SurvivalResult, observations: Observations) ->
     losses = [line.t for line in observations.logs
               if survival.started_at <= line.t <= end and WORKER_LOSS.search(line.text)]
     return round(min(losses) - survival.started_at, 1) if losses else None
+
+
+def with_worker_loss(survival: SurvivalResult, observations: Observations) -> SurvivalResult:
+    """The survival verdict from both sides: clients (errors, silence) and the server itself.
+
+    Gunicorn replaces a killed worker within a second, so clients of a box that is being
+    OOM-killed may see little more than slowness; the seed's service was nonetheless broken
+    the moment its worker was SIGKILLed. Whichever comes first ends the survival time.
+    """
+    loss_s = first_worker_loss_s(survival, observations)
+    if loss_s is None or (not survival.held and survival.seconds <= loss_s):
+        return survival
+    end = survival.started_at + max((p.get("t", 0.0) for p in survival.timeline),
+                                    default=survival.seconds)
+    line = next(x for x in sorted(observations.logs, key=lambda x: x.t)
+                if survival.started_at <= x.t <= end and WORKER_LOSS.search(x.text))
+    clients = "clients saw it hold" if survival.held else f"clients later: {survival.reason}"
+    return replace(survival, held=False, seconds=loss_s, failed_at=survival.started_at + loss_s,
+                   reason=f"the server lost a worker ({line.source}: {line.text.strip()[-90:]}); "
+                          f"{clients}")
 
 
 def summary_entry(variant: Variant, capacity_rps: float, p95_at_capacity: float | None,
