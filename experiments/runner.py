@@ -62,6 +62,7 @@ class RunPlan:
     cpu_scale: float | None
     credits: str
     max_usd: float | None
+    app_overrides: dict[str, str]
 
 
 # ---- the command ---------------------------------------------------------------------------
@@ -69,7 +70,9 @@ class RunPlan:
 def run_command(args: argparse.Namespace) -> int:
     """`python -m experiments run`: resolve the plan, measure what is missing, report."""
     store, plan = _open_or_create(args)
-    backend = _make_backend(plan)
+    backend = _make_backend(plan)  # preflight (CLI, credentials, budget) before any folder
+    if store is None:
+        store = RunStore.create(plan.out, plan.run_id, _run_info(plan))
     todo = [v for v in plan.variants if v.name not in store.completed_variants()]
     if not todo:
         console.print(f"Run {plan.run_id} already has every variant; rebuilding its report.")
@@ -108,7 +111,8 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _open_or_create(args: argparse.Namespace) -> tuple[RunStore, RunPlan]:
+def _open_or_create(args: argparse.Namespace) -> tuple[RunStore | None, RunPlan]:
+    """Reopen a run for --resume, or plan a new one (its folder is created by the caller)."""
     if args.resume:
         store = RunStore.open(args.out / args.resume)
         info = store.info
@@ -122,7 +126,8 @@ def _open_or_create(args: argparse.Namespace) -> tuple[RunStore, RunPlan]:
             slo=Slo.from_dict(info.get("slo") or {}),
             locustfile=Path(config["locustfile"]), load_workers=config.get("load_workers", 0),
             out=args.out, cpu_scale=info.get("cpu_scale"),
-            credits=config.get("credits", "launch"), max_usd=config.get("max_usd"))
+            credits=config.get("credits", "launch"), max_usd=config.get("max_usd"),
+            app_overrides=config.get("app_overrides") or {})
         return store, plan
 
     overrides = _app_overrides(args)
@@ -139,9 +144,11 @@ def _open_or_create(args: argparse.Namespace) -> tuple[RunStore, RunPlan]:
                    profile=get_profile(args.profile), slo=Slo(p95_ms=args.slo_p95_ms),
                    locustfile=locustfile, load_workers=args.load_workers, out=args.out,
                    cpu_scale=cpu_scale if args.backend == "local" else None,
-                   credits=args.credits, max_usd=args.max_usd)
-    store = RunStore.create(args.out, run_id, _run_info(plan, overrides))
-    return store, plan
+                   credits=args.credits, max_usd=args.max_usd, app_overrides=overrides)
+    if (args.out / run_id).exists():
+        raise UserError(f"results folder {args.out / run_id} already exists; wait a second or "
+                        "choose another --out.")
+    return None, plan
 
 
 def _app_overrides(args: argparse.Namespace) -> dict[str, str]:
@@ -212,7 +219,7 @@ def _expected_hours(plan: RunPlan) -> float:
     return (measure_s + 15 * 60) / 3600
 
 
-def _run_info(plan: RunPlan, app_overrides: dict[str, str]) -> dict[str, Any]:
+def _run_info(plan: RunPlan) -> dict[str, Any]:
     return {
         "backend": plan.backend_name,
         "created_at": time.time(),
@@ -227,7 +234,7 @@ def _run_info(plan: RunPlan, app_overrides: dict[str, str]) -> dict[str, Any]:
             "load_workers": plan.load_workers,
             "credits": plan.credits,
             "max_usd": plan.max_usd,
-            "app_overrides": app_overrides,
+            "app_overrides": plan.app_overrides,
         },
         "versions": _versions(),
         "git_revision": _git_revision(),

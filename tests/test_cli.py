@@ -1,5 +1,6 @@
 """Bad input answers one sentence (exit 2, no traceback) before anything is deployed."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,11 @@ from stacks.variant import PROJECT_DIR
 
 
 def scalelab(*args: str, cwd: Path = PROJECT_DIR) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=cwd,
+    # No AWS credentials and no instance-metadata lookups: nothing may leave loopback.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+               AWS_CONFIG_FILE="/nonexistent", PATH="/usr/bin:/bin")
+    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -30,6 +35,7 @@ def assert_one_sentence(result: subprocess.CompletedProcess[str], *needles: str)
     (["run", "--resume", "19700101-000000-local"], ["19700101-000000-local", "does not exist"]),
     (["run", "--app-dir", "/nonexistent-app"], ["--app-dir", "not a directory"]),
     (["run", "--profile", "forever"], ["--profile", "quick"]),
+    (["run", "--backend", "aws", "--variants", "micro"], ["Pulumi CLI"]),
     (["report", "/nonexistent/run"], ["/nonexistent/run", "does not exist"]),
 ])
 def test_bad_input_is_one_sentence(tmp_path: Path, args: list[str], needles: list[str]) -> None:
