@@ -164,13 +164,13 @@ def test_survival_error_rate_rule_and_failure_time() -> None:
     tripped, verdict = feed(SurvivalRule(), [(100, 0)] * 10 + [(100, 90)] * 10)
     assert verdict is not None
     assert tripped == 13  # 3 bad + 2 good seconds: 270/500 errors > 50 %
-    assert verdict.failed_at_s == 10.0  # the bad second 10..11 started at t=10
+    assert verdict.failed_at_s == 13.0  # declared when the rule trips, like a health check
     assert "error rate 54%" in verdict.reason and "ConnectionRefusedError" in verdict.reason
 
 
 def test_survival_no_success_rule() -> None:
     tripped, verdict = feed(SurvivalRule(), [(50, 0)] * 7 + [(0, 0)] * 40)
-    assert tripped == 37 and verdict.failed_at_s == 7.0
+    assert tripped == 37 and verdict.failed_at_s == 37.0
     assert "no response at all for 30 s" in verdict.reason
 
 
@@ -182,7 +182,7 @@ def test_survival_a_stall_shorter_than_the_hang_limit_is_degraded_not_dead() -> 
 
 def test_survival_hang_from_the_start() -> None:
     tripped, verdict = feed(SurvivalRule(), [(0, 0)] * 31)
-    assert tripped == 30 and verdict.failed_at_s == 0.0
+    assert tripped == 30 and verdict.failed_at_s == 30.0
 
 
 # ---- histogram accuracy -------------------------------------------------------------------

@@ -149,7 +149,8 @@ def test_survival_reports_a_killed_server(tmp_path: Path) -> None:
         stop(proc)
     assert not result.held
     assert result.failed_at is not None
-    assert result.seconds == pytest.approx(killed_at[0], abs=1.5)
+    # declared failed when the 5 s error-rate rule trips: within a few seconds of the kill
+    assert killed_at[0] <= result.seconds <= killed_at[0] + 5
     assert result.failed_at == pytest.approx(result.started_at + result.seconds)
     assert "ConnectionRefusedError" in result.reason or "no response" in result.reason
     assert len(result.timeline) < 15  # stopped early, well before the 30 s limit

@@ -10,9 +10,10 @@ and is exactly the sentence the report prints:
       as long as Gunicorn's default worker timeout, after which it kills stalled workers).
     A slow service is not yet a dead one: stalls shorter than 30 s (a worker busy with a huge
     request on a small CPU) count as degraded, which the timeline and p95 show.
-    The time of failure is the start of the first bad second (a second with more than 50 %
-    errors, or without any success) of the stretch that tripped the rule, not the moment the
-    rule tripped: the service died when its errors began.
+    The service is declared failed the moment the rule trips, as a load balancer's health
+    check declares a target unhealthy after its threshold, not retroactively: both rules
+    need the failure to last (5 s of errors, 30 s of silence) before they call it. The
+    per-second timeline shows when responses slowed or stopped.
     If neither happens before the time limit, the service HELD.
 """
 
@@ -53,7 +54,7 @@ class Second:
 @dataclass(frozen=True)
 class Verdict:
     failed_at_s: float
-    """Seconds since the start: the beginning of the first bad second of the tripping window."""
+    """Seconds since the start at which the rule tripped."""
     reason: str
 
 
@@ -62,17 +63,12 @@ class SurvivalRule:
 
     def __init__(self) -> None:
         self._window: deque[Second] = deque(maxlen=WINDOW_S)
-        self._starts: deque[float] = deque(maxlen=WINDOW_S)
-        self._previous_t = 0.0
         self._last_success_t = 0.0
         self._silent: Counter[str] = Counter()
         self._silent_requests = 0
 
     def add(self, second: Second) -> Verdict | None:
         """Judge the stretch ending with `second`: error rate over 5 s, silence over 30 s."""
-        start = self._previous_t
-        self._starts.append(start)
-        self._previous_t = second.t
         self._window.append(second)
         if second.successes > 0:
             self._last_success_t = second.t
@@ -87,16 +83,13 @@ class SurvivalRule:
             else:
                 reason = (f"no successful response for {HANG_S} s "
                           f"({self._silent_requests} errors{_top(self._silent)})")
-            return Verdict(failed_at_s=self._last_success_t, reason=reason)
+            return Verdict(failed_at_s=second.t, reason=reason)
         if len(self._window) < WINDOW_S:
             return None
         requests = sum(s.requests for s in self._window)
         errors = sum(s.errors for s in self._window)
         if requests == 0 or errors <= MAX_ERROR_RATE * requests:
             return None
-        first_bad = next(
-            start for start, s in zip(self._starts, self._window, strict=True) if s.bad
-        )
         kinds: Counter[str] = Counter()
         for s in self._window:
             kinds.update(s.errors_by_kind)
@@ -104,7 +97,7 @@ class SurvivalRule:
             f"error rate {errors / requests:.0%} over {WINDOW_S} s "
             f"({errors} of {requests} requests{_top(kinds)})"
         )
-        return Verdict(failed_at_s=first_bad, reason=reason)
+        return Verdict(failed_at_s=second.t, reason=reason)
 
 
 def _top(kinds: Counter[str]) -> str:
