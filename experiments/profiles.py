@@ -42,9 +42,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "quick": Profile(name="quick", warmup_s=1.5, hold_s=4.0, start_rps=8.0, growth=1.5,
+    "quick": Profile(name="quick", warmup_s=1.0, hold_s=4.0, start_rps=8.0, growth=1.5,
                      precision=0.05, max_steps=12, cooldown_s=0.5, survival_users=40,
-                     survival_limit_s=35.0, hazard_weight_capacity=0, hazard_weight_survival=2),
+                     survival_limit_s=33.0, hazard_weight_capacity=0, hazard_weight_survival=2),
     "standard": Profile(name="standard", warmup_s=5.0, hold_s=20.0, start_rps=5.0, growth=1.5,
                         precision=0.05, max_steps=20, cooldown_s=5.0, survival_users=60,
                         survival_limit_s=300.0, hazard_weight_capacity=0,
