@@ -17,12 +17,10 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -31,36 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments.load.driver import LoadSession, LoadSettings  # noqa: E402
+from experiments.load.reference import start_static_haproxy  # noqa: E402
 
 DEFAULT_LOCUSTFILE = ROOT / "tests" / "fixtures" / "load" / "ping_locustfile.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_haproxy(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    config = workdir / "haproxy.cfg"
-    config.write_text(
-        "global\n    maxconn 4000\n"
-        "defaults\n    mode http\n    timeout client 10s\n    timeout connect 5s\n"
-        "    timeout server 10s\n"
-        f"frontend static\n    bind 127.0.0.1:{port}\n"
-        "    http-request return status 200 content-type text/plain string ok\n"
-    )
-    proc = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"http://127.0.0.1:{port}/"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise SystemExit("haproxy did not start")
 
 
 def run_wrk(url: str, seconds: int, connections: int) -> float | None:
@@ -134,7 +105,7 @@ def main() -> int:
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
           "(shared machine: figures are noisy)")
     with tempfile.TemporaryDirectory(prefix="scalelab-bench-") as tmp:
-        haproxy, url = start_haproxy(Path(tmp))
+        haproxy, url = start_static_haproxy(Path(tmp))
         try:
             if not args.skip_wrk:
                 wrk = run_wrk(url, args.seconds, args.users)

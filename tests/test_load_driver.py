@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +14,7 @@ import pytest
 from experiments.errors import UserError
 from experiments.load.capacity import judge
 from experiments.load.driver import LoadSession, LoadSettings
+from experiments.load.reference import free_port, start_static_haproxy, stop, wait_for_port
 from experiments.model import Slo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "load"
@@ -26,47 +23,9 @@ PING = FIXTURES / "ping_locustfile.py"
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-
-
 def start_haproxy(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A static `http-request return` endpoint: the fastest server we can offer load to."""
-    port = free_port()
-    config = tmp_path / f"haproxy-{port}.cfg"
-    config.write_text(
-        "global\n    maxconn 4000\n"
-        "defaults\n    mode http\n    timeout client 10s\n    timeout connect 5s\n"
-        "    timeout server 10s\n"
-        f"frontend static\n    bind 127.0.0.1:{port}\n"
-        "    http-request return status 200 content-type text/plain string ok\n"
-    )
-    proc = subprocess.Popen(["haproxy", "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for_port(port)
-    except BaseException:
-        stop(proc)
-        raise
-    return proc, f"http://127.0.0.1:{port}"
+    return start_static_haproxy(tmp_path)
 
 
 @pytest.fixture
