@@ -90,6 +90,17 @@ def application(environ, start_response):
 '''
 
 
+
+def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after the grace period; always reap."""
+    with suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -218,13 +229,7 @@ def gunicorn(app_dir: Path, port: int, workers: int, cgroups: tuple[Path, Path]
         wait_http(port, "/")
         yield reader
     finally:
-        with suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _terminate(proc, grace_s=10)
         reader.join(2)
 
 
@@ -357,12 +362,7 @@ backend targets
                     urllib.request.urlopen(f"http://127.0.0.1:{lb_port}/", timeout=3).read()
                 time.sleep(0.3)
     finally:
-        haproxy.terminate()
-        try:
-            haproxy.wait(5)
-        except subprocess.TimeoutExpired:
-            haproxy.kill()
-            haproxy.wait()
+        _terminate(haproxy, grace_s=5)
         reader.join(2)
     logs = sorted(reader.lines + g_reader.lines, key=lambda x: x.t)
     return Observations(signals=[], logs=logs)
