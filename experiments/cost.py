@@ -15,9 +15,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from experiments.catalog import load_catalog
 from experiments.model import StepResult
 from experiments.pricing import PriceTable, get_prices
+from stacks.catalog import load_catalog
 from stacks.variant import Variant
 
 FREE_TIER_NOTE = ("free tier not applied: accounts created before 2025-07-15 get 750 h/month of "

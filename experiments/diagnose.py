@@ -44,7 +44,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from experiments.catalog import load_catalog
 from experiments.errors import UserError
 from experiments.model import (
     Failure,
@@ -55,6 +54,7 @@ from experiments.model import (
     StepResult,
     SurvivalResult,
 )
+from stacks.catalog import load_catalog
 from stacks.variant import Variant
 
 PRECEDENCE: tuple[str, ...] = (

@@ -1,5 +1,5 @@
-"""The one exception type users see: its message is one sentence naming the input at fault."""
+"""The project's user-facing error, re-exported for `experiments.*` (defined in stacks.errors)."""
 
+from stacks.errors import UserError
 
-class UserError(Exception):
-    """Bad input or a missing prerequisite. The CLI prints the message and exits 2, no traceback."""
+__all__ = ["UserError"]

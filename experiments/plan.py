@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.catalog import load_catalog
 from experiments.cost import (
     BillOfMaterials,
     MeasuredTraffic,
@@ -30,6 +29,7 @@ from experiments.errors import UserError
 from experiments.model import StepResult
 from experiments.pricing import embedded_prices
 from experiments.results import RunStore
+from stacks.catalog import load_catalog
 from stacks.variant import Variant, VariantError, load_variant
 
 STRATEGY_BY_NAME = {"micro": "as is", "micro-swap": "add swap", "scale-up": "scale up",

@@ -1,6 +1,6 @@
 """Unit prices for the cost model: the embedded catalog, or the AWS Price List API on request.
 
-Embedded prices (experiments/data/catalog.yaml) carry their source and date and are the
+Embedded prices (stacks/data/catalog.yaml) carry their source and date and are the
 default, so `cost` works offline and in CI. `--live-prices` asks the Price List API through
 boto3 (the client must live in us-east-1; the target region is a `regionCode` filter),
 caches the answer on disk under the day's date, and falls back to the embedded table with a
@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.catalog import load_catalog
 from experiments.errors import UserError
+from stacks.catalog import load_catalog
 
 PRICING_API_REGION = "us-east-1"
 

@@ -26,7 +26,7 @@ from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.stack import wait_for_rpcs
 
-from stacks.variant import _FIELDS, _NESTED, PROJECT, PROJECT_DIR, Variant, VariantError
+from stacks.variant import PROJECT, PROJECT_DIR, Variant, VariantError, stack_config
 
 MAIN = PROJECT_DIR / "__main__.py"
 DEFAULT_ZONES = ("a", "b", "c")
@@ -153,23 +153,6 @@ class ScalelabMocks(pulumi.runtime.Mocks):
             return {"id": self.region, "names": list(self.zones),
                     "zoneIds": [f"use1-az{i + 1}" for i in range(len(self.zones))]}
         return {}
-
-
-def stack_config(variant: Variant) -> dict[str, str]:
-    """The Variant as the Pulumi CLI would hand it to the program: strings, objects as JSON."""
-    defaults = Variant(name=variant.name)
-    config: dict[str, str] = {"aws:region": variant.region}
-    for key, (attr, _kind) in _FIELDS.items():
-        value = getattr(variant, attr)
-        if value != getattr(defaults, attr) or key in ("instanceType", "count", "swapMib"):
-            config[f"{PROJECT}:{key}"] = value if isinstance(value, str) else json.dumps(value)
-    for key, (attr, _cls, fields) in _NESTED.items():
-        obj = getattr(variant, attr)
-        sub = {k: (dict(getattr(obj, a)) if kind is dict else getattr(obj, a))
-               for k, (a, kind) in fields.items()}
-        config[f"{PROJECT}:{key}"] = json.dumps(sub)
-    config[f"{PROJECT}:local"] = json.dumps({"osReserveMib": variant.os_reserve_mib})
-    return config
 
 
 def _run(variant: Variant, mocks: ScalelabMocks) -> ProgramRun:

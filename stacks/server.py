@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from experiments.catalog import load_catalog
+from stacks.catalog import load_catalog
 from stacks.tags import resource_tags
 from stacks.variant import Variant
 from userdata.render import APP_PORT

@@ -8,6 +8,7 @@ No pulumi import here: the experiment runner uses it too.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
-from experiments.catalog import CreditMode, load_catalog
-from experiments.errors import UserError
+from stacks.catalog import CreditMode, load_catalog
+from stacks.errors import UserError
 
 PROJECT = "scalelab"
 STACKS_DIR = Path(__file__).resolve().parent
@@ -327,6 +328,23 @@ def variant_from_settings(name: str, settings: Mapping[str, Any], region: str | 
     variant = Variant(**values)
     variant.validate()
     return variant
+
+
+def stack_config(variant: Variant) -> dict[str, str]:
+    """The Variant as the Pulumi CLI would hand it to the program: strings, objects as JSON."""
+    defaults = Variant(name=variant.name)
+    config: dict[str, str] = {"aws:region": variant.region}
+    for key, (attr, _kind) in _FIELDS.items():
+        value = getattr(variant, attr)
+        if value != getattr(defaults, attr) or key in ("instanceType", "count", "swapMib"):
+            config[f"{PROJECT}:{key}"] = value if isinstance(value, str) else json.dumps(value)
+    for key, (attr, _cls, fields) in _NESTED.items():
+        obj = getattr(variant, attr)
+        sub = {k: (dict(getattr(obj, a)) if kind is dict else getattr(obj, a))
+               for k, (a, kind) in fields.items()}
+        config[f"{PROJECT}:{key}"] = json.dumps(sub)
+    config[f"{PROJECT}:local"] = json.dumps({"osReserveMib": variant.os_reserve_mib})
+    return config
 
 
 def stack_file(name: str, stacks_dir: Path = STACKS_DIR) -> Path:

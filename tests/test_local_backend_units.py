@@ -13,8 +13,8 @@ from experiments.backends.local import LocalBackend, pick_addresses
 from experiments.backends.local.cgroups import CgroupV2, detect_layout, prepare_v2_parent
 from experiments.backends.local.credits import CreditBucket
 from experiments.backends.local.haproxy import Target, render_config
-from experiments.catalog import load_catalog
 from experiments.errors import UserError
+from stacks.catalog import load_catalog
 from stacks.variant import HealthCheck, Variant
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.catalog import load_catalog
+from stacks.catalog import load_catalog
 from stacks.variant import PROJECT_DIR, Variant, VariantError
 
 APP_PORT = 80

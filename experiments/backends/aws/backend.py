@@ -45,7 +45,7 @@ NO_CREDENTIALS = ("no AWS credentials were found; run `aws configure` (or set AW
 
 def _hourly_estimate(variant: Variant) -> float:
     """Fallback when the runner passes no estimator: one billed hour of the stack."""
-    from experiments.catalog import load_catalog
+    from stacks.catalog import load_catalog
 
     catalog = load_catalog()
     hourly = catalog.instance(variant.instance_type).hourly_price(variant.region) * variant.count

@@ -37,9 +37,9 @@ from experiments.backends.local.cgroups import (
 from experiments.backends.local.credits import CREDIT_STARTS, CreditBucket
 from experiments.backends.local.sampler import SampledInstance, Sampler
 from experiments.backends.local.supervisor import Supervisor, pump_lines, wrap_in_cgroup
-from experiments.catalog import load_catalog
 from experiments.errors import UserError
 from experiments.model import LogLine, Observations, SignalSample
+from stacks.catalog import load_catalog
 from stacks.variant import Variant
 
 __all__ = ["LocalBackend", "LocalDeployment"]

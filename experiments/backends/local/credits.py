@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from experiments.catalog import CreditMode, InstanceType
 from experiments.errors import UserError
+from stacks.catalog import CreditMode, InstanceType
 
 CreditStart = Literal["launch", "exhausted"]
 CREDIT_STARTS: tuple[str, ...] = ("launch", "exhausted")

@@ -13,7 +13,7 @@ from typing import Literal
 
 import yaml
 
-from experiments.errors import UserError
+from stacks.errors import UserError
 
 CATALOG_FILE = Path(__file__).with_name("data") / "catalog.yaml"
 
