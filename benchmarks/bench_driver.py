@@ -16,7 +16,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.load.driver import LoadSession, LoadSettings  # noqa: E402
 from experiments.load.reference import start_static_haproxy  # noqa: E402
+from experiments.procs import stop_group  # noqa: E402
 
 DEFAULT_LOCUSTFILE = ROOT / "tests" / "fixtures" / "load" / "ping_locustfile.py"
 
@@ -128,8 +128,7 @@ def main() -> int:
                 print(f"2 workers / 1 process: {ratio:.2f}x (target >= 1.5x; needs 2 free cores "
                       "besides HAProxy)")
         finally:
-            os.killpg(haproxy.pid, signal.SIGKILL)
-            haproxy.wait()
+            stop_group(haproxy, grace_s=0)
     return 0
 
 

@@ -26,8 +26,9 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
+from experiments.procs import free_port  # noqa: E402
 from shop.catalog import DEFAULT_PRODUCTS  # noqa: E402
-from shop.serve import Server, free_port, gunicorn  # noqa: E402
+from shop.serve import Server, gunicorn  # noqa: E402
 from stacks.variant import OS_RESERVE_MIB, GunicornSettings, Variant  # noqa: E402
 
 WRK_SCRIPTS = {

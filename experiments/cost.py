@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from experiments.model import StepResult
+from experiments.model import Observations, StepResult
 from experiments.pricing import PriceTable, get_prices
 from stacks.catalog import load_catalog
 from stacks.variant import Variant
+
+if TYPE_CHECKING:
+    from stacks.preview import DeclaredResource
 
 FREE_TIER_NOTE = ("free tier not applied: accounts created before 2025-07-15 get 750 h/month of "
                   "t2.micro or t3.micro (and 750 public-IPv4 hours) for 12 months; newer "
@@ -36,23 +39,6 @@ USAGE_PRICED_TYPES = {
 }
 """Declared resources that bill by usage only; noted, not priced."""
 LAUNCH_TEMPLATE_TYPES = ("aws:ec2/launchTemplate:LaunchTemplate",)
-
-
-class DeclaredLike(Protocol):
-    """The shape of stacks.preview.DeclaredResource (duck-typed: only these three fields)."""
-
-    type: str
-    name: str
-    inputs: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ConfigResource:
-    """Stand-in for DeclaredResource while stacks/preview.py is unavailable."""
-
-    type: str
-    name: str
-    inputs: dict[str, Any]
 
 
 # ---- measured traffic ----------------------------------------------------------------------
@@ -176,7 +162,7 @@ def rescaled(bom: BillOfMaterials, instance_type: str, count: int) -> BillOfMate
         listener_rules=bom.listener_rules, notes=list(bom.notes))
 
 
-def bill_of_materials(resources: list[Any], variant: Variant) -> BillOfMaterials:
+def bill_of_materials(resources: list[DeclaredResource], variant: Variant) -> BillOfMaterials:
     """Count what costs money among the resources the program declares.
 
     Instances in the default VPC get a public IPv4 each unless `associatePublicIpAddress` is
@@ -253,30 +239,12 @@ def bill_of_materials(resources: list[Any], variant: Variant) -> BillOfMaterials
     return bom
 
 
-def config_resources(variant: Variant) -> list[ConfigResource]:
-    """What the program declares, reconstructed from the stack config (fallback only)."""
-    res: list[ConfigResource] = []
-    for i in range(variant.count):
-        res.append(ConfigResource("aws:ec2/instance:Instance", f"{variant.name}-{i}", {
-            "instanceType": variant.instance_type,
-            "rootBlockDevice": {"volumeSize": variant.root_volume_gib, "volumeType": "gp3"},
-            "creditSpecification": {"cpuCredits": variant.credit_mode},
-        }))
-    if variant.load_balancer:
-        subnets = [f"subnet-{i}" for i in range(variant.network.availability_zones)]
-        res.append(ConfigResource("aws:lb/loadBalancer:LoadBalancer", f"{variant.name}-alb",
-                                  {"loadBalancerType": "application", "subnets": subnets}))
-    return res
+def declared(variant: Variant) -> list[DeclaredResource]:
+    """The resources the real Pulumi program declares for `variant`, run under Pulumi's mocks.
+    (Imported here: Pulumi takes a second to import, and `report` never needs it.)"""
+    from stacks.preview import declared_resources
 
-
-def declared(variant: Variant) -> tuple[list[Any], str | None]:
-    """The program's resources under Pulumi mocks; the stack config with a note if unavailable."""
-    try:
-        from stacks.preview import declared_resources
-    except ImportError:
-        return config_resources(variant), ("priced from the stack config: the Pulumi program "
-                                           "preview (stacks/preview.py) is not available.")
-    return list(declared_resources(variant)), None
+    return list(declared_resources(variant))
 
 
 # ---- pricing ------------------------------------------------------------------------------
@@ -385,12 +353,8 @@ def price_bom(bom: BillOfMaterials, prices: PriceTable, name: str = "",
 
 
 def variant_bom(variant: Variant) -> BillOfMaterials:
-    """The bill of materials of what the variant's program declares (with a note on fallback)."""
-    resources, note = declared(variant)
-    bom = bill_of_materials(resources, variant)
-    if note:
-        bom.notes.insert(0, note)
-    return bom
+    """The bill of materials of what the variant's program declares."""
+    return bill_of_materials(declared(variant), variant)
 
 
 def price_variant(variant: Variant, traffic: MeasuredTraffic | None = None,
@@ -451,3 +415,17 @@ def _print_table(breakdowns: list[CostBreakdown]) -> None:
                       f"month = {first.hours_per_month:g} h.", highlight=False)
     for n in dict.fromkeys(n for b in breakdowns for n in b.notes):
         console.print(f"  • {n}", highlight=False)
+
+
+def surplus_credits_per_hour(observations: Observations) -> float:
+    """Unlimited-mode credits spent beyond the balance, per hour of the measurement."""
+    per_instance: dict[str, list[tuple[float, float]]] = {}
+    for s in observations.signals:
+        if s.surplus_credits is not None:
+            per_instance.setdefault(s.instance, []).append((s.t, s.surplus_credits))
+    total, span = 0.0, 0.0
+    for samples in per_instance.values():
+        samples.sort()
+        total += samples[-1][1] - samples[0][1]
+        span = max(span, samples[-1][0] - samples[0][0])
+    return total / (span / 3600) if span > 0 else 0.0

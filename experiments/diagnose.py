@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from experiments.errors import UserError
 from experiments.model import (
     Failure,
+    FailureKind,
     LogLine,
     Observations,
     SignalSample,
@@ -57,16 +58,8 @@ from experiments.model import (
 from stacks.catalog import load_catalog
 from stacks.variant import Variant
 
-PRECEDENCE: tuple[str, ...] = (
-    "oom_kill",
-    "swap_thrash",
-    "cpu_credits_exhausted",
-    "worker_timeout",
-    "generator_bound",
-    "cpu_saturated",
-    "lb_no_healthy_target",
-    "connection_refused",
-)
+PRECEDENCE = FailureKind.by_precedence()
+"""The order of the module doc (one definition: `experiments.model.FailureKind`)."""
 
 MAX_EVIDENCE = 8
 FOLLOW_S = 5.0
@@ -115,7 +108,7 @@ _ERR_REFUSED = re.compile(
 
 @dataclass
 class _Finding:
-    kind: str
+    kind: FailureKind
     at: float | None
     evidence: list[str]
     summary: str
@@ -147,11 +140,11 @@ class _Context:
 def diagnose(variant: Variant, observations: Observations, steps: list[StepResult],
              survival: SurvivalResult | None, slo: Slo) -> Failure:
     """Name the one failure that best explains why this variant stopped meeting the SLO."""
-    failing = [s for s in steps if step_failed(s, slo)]
+    failing = [s for s in steps if slo.failed(s)]
     survival_failed = survival is not None and not survival.held
     if not failing and not survival_failed:
         held = "" if survival is None else f"; survived {survival.seconds:.0f} s of overload"
-        return Failure(kind="none", evidence=[], at=None,
+        return Failure(kind=FailureKind.NONE, evidence=[], at=None,
                        summary=f"Nothing failed: every judged step met the SLO{held}.")
 
     ctx = _Context(variant, observations, slo, failing, survival if survival_failed else None,
@@ -165,15 +158,18 @@ def diagnose(variant: Variant, observations: Observations, steps: list[StepResul
     ctx.haproxy = _dedupe_haproxy(ctx.haproxy)
 
     detectors = {
-        "oom_kill": _oom_kill, "swap_thrash": _swap_thrash,
-        "cpu_credits_exhausted": _credits_exhausted, "worker_timeout": _worker_timeout,
-        "generator_bound": _generator_bound, "cpu_saturated": _cpu_saturated,
-        "lb_no_healthy_target": _lb_no_healthy_target, "connection_refused": _connection_refused,
+        FailureKind.OOM_KILL: _oom_kill, FailureKind.SWAP_THRASH: _swap_thrash,
+        FailureKind.CPU_CREDITS_EXHAUSTED: _credits_exhausted,
+        FailureKind.WORKER_TIMEOUT: _worker_timeout,
+        FailureKind.GENERATOR_BOUND: _generator_bound,
+        FailureKind.CPU_SATURATED: _cpu_saturated,
+        FailureKind.LB_NO_HEALTHY_TARGET: _lb_no_healthy_target,
+        FailureKind.CONNECTION_REFUSED: _connection_refused,
     }
     findings = [f for kind in PRECEDENCE if (f := detectors[kind](ctx)) is not None]
     if not findings:
         verdicts = _verdict_lines(ctx)
-        return Failure(kind="none", evidence=verdicts[:MAX_EVIDENCE],
+        return Failure(kind=FailureKind.NONE, evidence=verdicts[:MAX_EVIDENCE],
                        at=ctx.failing[0].started_at if ctx.failing else None,
                        summary="The service missed the SLO but no signal or log names a cause "
                                "(no OOM kill, worker timeout, thrash, CPU limit or LB outage).")
@@ -184,15 +180,6 @@ def diagnose(variant: Variant, observations: Observations, steps: list[StepResul
             break
         evidence.append(f"also {other.kind}: {other.evidence[0]}")
     return Failure(kind=main.kind, evidence=evidence, at=main.at, summary=main.summary)
-
-
-def step_failed(step: StepResult, slo: Slo) -> bool:
-    """The capacity search's verdict when it gave one, else the SLO applied to the figures."""
-    if step.passed is not None:
-        return not step.passed
-    return (step.generator_saturated or step.p95_ms > slo.p95_ms
-            or step.error_rate > slo.max_error_rate
-            or step.achieved_rps < slo.min_achieved_ratio * step.offered_rps)
 
 
 def _latency_failed(step: StepResult, slo: Slo) -> bool:
@@ -212,11 +199,8 @@ def _windows(variant: Variant, failing: list[StepResult], survival: SurvivalResu
     if survival is not None:
         if survival.started_at <= 0:
             return [(-math.inf, math.inf)]
-        # Until the test stopped: the rule dates a failure back to the start of the bad
-        # stretch, but what killed the service happened inside that stretch.
-        ran_s = max((p.get("t", 0.0) for p in survival.timeline), default=survival.seconds)
-        end = max(survival.failed_at or 0.0, survival.started_at + ran_s)
-        out.append((survival.started_at, end + TAIL_S))
+        # Until the test stopped: what killed the service happened before the load stopped.
+        out.append((survival.started_at, survival.ended_at + TAIL_S))
     return out
 
 
@@ -369,7 +353,7 @@ def _oom_kill(ctx: _Context) -> _Finding | None:
     evidence.sort(key=lambda e: (not _is_decisive(e[1]), e[0]))
     how = ("inferred from an unexplained SIGKILL (no OOM counter or kernel log available)"
            if inferred else "kernel OOM killer")
-    return _Finding("oom_kill", at, [e for _, e in evidence],
+    return _Finding(FailureKind.OOM_KILL, at, [e for _, e in evidence],
                     f"The kernel's OOM killer killed a process on {where} at "
                     f"{hms(at) if at else '?'} ({how}): the instance ran out of memory.")
 
@@ -401,7 +385,7 @@ def _worker_timeout(ctx: _Context) -> _Finding | None:
     then = f", then {how}" if how else ""
     timeout_s = ctx.variant.gunicorn.timeout_s
     return _Finding(
-        "worker_timeout", first.line.t, evidence,
+        FailureKind.WORKER_TIMEOUT, first.line.t, evidence,
         f"Gunicorn's {timeout_s} s timeout killed {n} stalled worker{'s' if n > 1 else ''} on "
         f"{_instance(first.line.source)} from {hms(first.line.t)} (WORKER TIMEOUT{then}); "
         f"no kernel OOM kill was seen.")
@@ -434,7 +418,7 @@ def _swap_thrash(ctx: _Context) -> _Finding | None:
         f"in {len(hot)} samples with swap in use",
         *_verdict_lines(ctx)[:2],
     ]
-    return _Finding("swap_thrash", start, evidence,
+    return _Finding(FailureKind.SWAP_THRASH, start, evidence,
                     f"{inst} ran out of RAM and thrashed on swap from {hms(start)} (up to "
                     f"{rate:,.0f} major faults/s with {_mib(peak.swap_bytes)} MiB swapped), "
                     f"so latency collapsed.")
@@ -477,7 +461,7 @@ def _credits_exhausted(ctx: _Context) -> _Finding | None:
                 evidence.append(f"{hms(peak.t)} {inst} CPU {peak.cpu_used_cores:.2f}/"
                                 f"{peak.cpu_limit_cores:.2f} cores after the credits ran out")
             evidence += _verdict_lines(ctx)[:2]
-            return _Finding("cpu_credits_exhausted", s.t, evidence,
+            return _Finding(FailureKind.CPU_CREDITS_EXHAUSTED, s.t, evidence,
                             f"{inst} ({ctx.variant.instance_type}, standard credits) spent its "
                             f"CPU credits at {hms(s.t)} and was held to its baseline CPU.")
     return None
@@ -492,7 +476,7 @@ def _generator_bound(ctx: _Context) -> _Finding | None:
     evidence = [f"{hms(s.started_at) + ' ' if s.started_at > 0 else ''}step {s.offered_rps:g} "
                 f"rps invalid: load generator CPU {s.generator_cpu:.2f} cores (saturated), "
                 f"achieved {s.achieved_rps:.1f} rps" for s in ctx.failing]
-    return _Finding("generator_bound", first.started_at or None, evidence,
+    return _Finding(FailureKind.GENERATOR_BOUND, first.started_at or None, evidence,
                     f"The load generator saturated at {first.offered_rps:g} rps offered, so the "
                     f"server was never pushed to failure (use --load-workers).")
 
@@ -526,7 +510,7 @@ def _cpu_saturated(ctx: _Context) -> _Finding | None:
         evidence.append(f"{inst} throttled {throttled[-1] - throttled[0]:.1f} s by its CPU quota "
                         f"during the step")
     evidence += _verdict_lines(ctx)[:2]
-    return _Finding("cpu_saturated", busy[0].t, evidence,
+    return _Finding(FailureKind.CPU_SATURATED, busy[0].t, evidence,
                     f"{inst} ran at its CPU limit ({used:.2f} of {limit:.2f} cores) while the "
                     f"{step.offered_rps:g} rps step missed the latency SLO.")
 
@@ -558,9 +542,9 @@ def _lb_no_healthy_target(ctx: _Context) -> _Finding | None:
                         f"with no server (<NOSRV>), first: {_clean(nosrv_503[0].text)[:90]}")
     if total:
         evidence.append(f"{e503} of {total} errors in the failing steps were 503")
-    at = (nosrv or down or nosrv_503 or [None])[0]
-    t = at.t if at is not None else (ctx.failing[0].started_at if ctx.failing else None)
-    return _Finding("lb_no_healthy_target", t, evidence,
+    first = nosrv or down or nosrv_503
+    t = first[0].t if first else (ctx.failing[0].started_at if ctx.failing else None)
+    return _Finding(FailureKind.LB_NO_HEALTHY_TARGET, t, evidence,
                     f"The load balancer had no healthy target{' from ' + hms(t) if t else ''} "
                     f"and answered 503.")
 
@@ -581,7 +565,7 @@ def _connection_refused(ctx: _Context) -> _Finding | None:
     evidence += [_line(x) for x in ctx.other if x.source.startswith("supervisor")][:3]
     t = (ctx.survival.failed_at if ctx.survival is not None else None) or (
         ctx.failing[0].started_at if ctx.failing else None)
-    return _Finding("connection_refused", t, evidence,
+    return _Finding(FailureKind.CONNECTION_REFUSED, t, evidence,
                     "Clients were refused or reset: nothing was listening, and no signal or log "
                     "shows why.")
 

@@ -6,23 +6,33 @@ tool (and a later `report` run) can read back without this code's objects.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, TypeVar
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import StrEnum
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-FailureKind = Literal[
-    "oom_kill",
-    "worker_timeout",
-    "swap_thrash",
-    "cpu_saturated",
-    "cpu_credits_exhausted",
-    "lb_no_healthy_target",
-    "connection_refused",
-    "generator_bound",
-    "none",
-]
-FAILURE_KINDS: tuple[str, ...] = FailureKind.__args__  # type: ignore[attr-defined]
+
+class FailureKind(StrEnum):
+    """The named failures, in diagnosis precedence: the first that applies is named."""
+
+    OOM_KILL = "oom_kill"
+    SWAP_THRASH = "swap_thrash"
+    CPU_CREDITS_EXHAUSTED = "cpu_credits_exhausted"
+    WORKER_TIMEOUT = "worker_timeout"
+    GENERATOR_BOUND = "generator_bound"
+    CPU_SATURATED = "cpu_saturated"
+    LB_NO_HEALTHY_TARGET = "lb_no_healthy_target"
+    CONNECTION_REFUSED = "connection_refused"
+    NONE = "none"
+
+    @classmethod
+    def by_precedence(cls) -> tuple[FailureKind, ...]:
+        """Every real failure (not `none`), most decisive first."""
+        return tuple(k for k in cls if k is not cls.NONE)
+
+
+FAILURE_KINDS: tuple[str, ...] = tuple(k.value for k in FailureKind)
 
 
 class Record:
@@ -89,11 +99,49 @@ class Observations(Record):
 
 @dataclass
 class Slo(Record):
-    """When a capacity step passes (the design's defaults)."""
+    """When a capacity step passes (the design's defaults). The one home of the step verdict."""
 
     p95_ms: float = 500.0
     max_error_rate: float = 0.01
     min_achieved_ratio: float = 0.95
+
+    def judge(self, step: StepResult) -> StepResult:
+        """Return a copy of `step` with `passed` and a one-line `verdict` explaining why.
+
+        A step with no completed request fails, and so does a step measured while the load
+        generator itself was saturated (invalid: it says nothing about the server).
+        """
+        problems: list[str] = []
+        if step.generator_saturated:
+            problems.append(
+                f"generator saturated (CPU {step.generator_cpu:.0%} of a core, event-loop lag "
+                f"{step.generator_lag_ms:.0f} ms): invalid step, not a server measurement")
+        if step.requests == 0:
+            problems.append("no request completed")
+        else:
+            if step.p95_ms > self.p95_ms:
+                problems.append(f"p95 {step.p95_ms:.0f} ms > SLO {self.p95_ms:.0f} ms")
+            if step.error_rate > self.max_error_rate:
+                top = ""
+                if step.errors_by_kind:
+                    kind, count = max(step.errors_by_kind.items(), key=lambda kv: kv[1])
+                    top = f", mostly {kind} ({count})"
+                problems.append(f"errors {step.error_rate:.1%} > {self.max_error_rate:.1%}{top}")
+        ratio = step.achieved_rps / step.offered_rps if step.offered_rps > 0 else 0.0
+        if step.requests and ratio < self.min_achieved_ratio:
+            problems.append(f"achieved {ratio:.0%} of offered ({step.achieved_rps:.1f} of "
+                            f"{step.offered_rps:.1f} rps)")
+        if problems:
+            return replace(step, passed=False, verdict="; ".join(problems))
+        return replace(step, passed=True, verdict=(
+            f"pass: p95 {step.p95_ms:.0f} ms <= {self.p95_ms:.0f} ms, errors "
+            f"{step.error_rate:.1%}, achieved {ratio:.0%} of offered"))
+
+    def failed(self, step: StepResult) -> bool:
+        """The verdict a step was given when judged, else the verdict it would get now."""
+        passed = step.passed if step.passed is not None else self.judge(step).passed
+        return not passed
+
 
 @dataclass
 class StepResult(Record):
@@ -127,6 +175,12 @@ class StepResult(Record):
     """Why it passed or failed, e.g. 'p95 612 ms > SLO 500 ms'."""
 
 
+def step_at_capacity(steps: list[StepResult]) -> StepResult | None:
+    """The passing step with the highest offered rate: the one "capacity" names."""
+    passing = [s for s in steps if s.passed]
+    return max(passing, key=lambda s: s.offered_rps) if passing else None
+
+
 @dataclass
 class SurvivalResult(Record):
     """The seed's experiment: a fixed closed-loop overload for up to `limit_s` seconds."""
@@ -140,6 +194,13 @@ class SurvivalResult(Record):
     reason: str = ""
     timeline: list[dict[str, float]] = field(default_factory=list)
     """Per second: t, requests, errors, p95_ms."""
+
+    @property
+    def ended_at(self) -> float:
+        """Unix time the load stopped (the last second of the timeline). A failure may be
+        declared earlier than this, but what caused it happened before the load stopped."""
+        ran_s = max((p.get("t", 0.0) for p in self.timeline), default=self.seconds)
+        return max(self.failed_at or 0.0, self.started_at + ran_s)
 
 
 @dataclass

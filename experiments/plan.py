@@ -26,7 +26,7 @@ from experiments.cost import (
     variant_bom,
 )
 from experiments.errors import UserError
-from experiments.model import StepResult
+from experiments.model import StepResult, step_at_capacity
 from experiments.pricing import embedded_prices
 from experiments.results import RunStore
 from stacks.catalog import load_catalog
@@ -89,11 +89,8 @@ def _variant(entry: dict[str, Any]) -> Variant | None:
 
 def _traffic_at_capacity(store: RunStore, name: str) -> MeasuredTraffic | None:
     raw = store.load_json(name, "steps.json") or []
-    steps = [StepResult.from_dict(s) for s in raw]
-    passing = [s for s in steps if s.passed]
-    if not passing:
-        return None
-    return MeasuredTraffic.from_step(max(passing, key=lambda s: s.offered_rps))
+    best = step_at_capacity([StepResult.from_dict(s) for s in raw])
+    return MeasuredTraffic.from_step(best) if best else None
 
 
 def _price(bom: BillOfMaterials, region: str, traffic: MeasuredTraffic | None,

@@ -21,12 +21,21 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from experiments.errors import UserError
-from experiments.model import LogLine, Observations, SignalSample
+from experiments.model import (
+    Failure,
+    LogLine,
+    Observations,
+    Record,
+    SignalSample,
+    StepResult,
+    SurvivalResult,
+)
+from stacks.variant import Variant
 
 FORMAT_VERSION = 1
 SIGNAL_COLUMNS = [f.name for f in fields(SignalSample)]
@@ -81,6 +90,96 @@ def signals_from_csv(text: str) -> list[SignalSample]:
                 values[f.name] = float(raw)
         samples.append(SignalSample(**values))
     return samples
+
+
+# ---- the summary record (a contract: summary.json keeps these keys; new keys only add) ------
+
+@dataclass
+class SurvivalSummary(Record):
+    seconds: float
+    held: bool
+    limit_s: float = 0.0
+    reason: str = ""
+    first_worker_loss_s: float | None = None
+
+
+@dataclass
+class VariantSummary(Record):
+    """One variant in summary.json: the design's keys first, extras after."""
+
+    name: str
+    instance_type: str
+    count: int
+    swap_mib: int
+    load_balancer: bool
+    capacity_rps: float
+    p95_ms_at_capacity: float | None
+    survival: SurvivalSummary
+    failure: Failure
+    cost: dict[str, Any] = field(default_factory=dict)
+    """The cost model's summary (`CostBreakdown.to_summary`): hourly_usd, monthly_usd, ..."""
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    region: str = ""
+    credit_mode: str = ""
+    vcpu: int = 0
+    memory_mib: int = 0
+    lb_algorithm: str | None = None
+    gunicorn: dict[str, Any] = field(default_factory=dict)
+    profile: str = ""
+
+    @classmethod
+    def build(cls, variant: Variant, capacity_rps: float, p95_at_capacity: float | None,
+              steps: list[StepResult], survival: SurvivalResult, failure: Failure,
+              cost: dict[str, Any], profile: str,
+              first_worker_loss_s: float | None = None) -> VariantSummary:
+        return cls(
+            name=variant.name, instance_type=variant.instance_type, count=variant.count,
+            swap_mib=variant.swap_mib, load_balancer=variant.load_balancer,
+            capacity_rps=round(capacity_rps, 2),
+            p95_ms_at_capacity=None if p95_at_capacity is None else round(p95_at_capacity, 1),
+            survival=SurvivalSummary(seconds=round(survival.seconds, 1), held=survival.held,
+                                     limit_s=survival.limit_s, reason=survival.reason,
+                                     first_worker_loss_s=first_worker_loss_s),
+            failure=Failure(kind=str(failure.kind), evidence=failure.evidence,
+                            summary=failure.summary, at=failure.at),
+            cost=cost,
+            steps=[_step_entry(s) for s in steps],
+            region=variant.region, credit_mode=variant.credit_mode, vcpu=variant.vcpu,
+            memory_mib=variant.memory_mib,
+            lb_algorithm=variant.lb_algorithm if variant.load_balancer else None,
+            gunicorn={"workers": variant.gunicorn.workers, "threads": variant.gunicorn.threads,
+                      "worker_class": variant.gunicorn.worker_class,
+                      "timeout_s": variant.gunicorn.timeout_s},
+            profile=profile)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VariantSummary:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["survival"] = SurvivalSummary.from_dict(data.get("survival") or
+                                                       {"seconds": 0.0, "held": False})
+        values["failure"] = Failure.from_dict(data.get("failure") or {})
+        return cls(**values)
+
+    @property
+    def hourly_usd(self) -> float | None:
+        return self.cost.get("hourly_usd")
+
+
+def variant_record(variant: Variant) -> dict[str, Any]:
+    """<variant>/variant.json: the Variant as parsed from its stack file, plus derived sizes."""
+    record = asdict(variant)
+    record["app"]["env"] = dict(variant.app.env)
+    record.update(memory_mib=variant.memory_mib, vcpu=variant.vcpu)
+    return record
+
+
+def _step_entry(s: StepResult) -> dict[str, Any]:
+    return {"offered_rps": s.offered_rps, "achieved_rps": round(s.achieved_rps, 2),
+            "p50_ms": round(s.p50_ms, 1), "p95_ms": round(s.p95_ms, 1),
+            "p99_ms": round(s.p99_ms, 1), "error_rate": round(s.error_rate, 4),
+            "passed": s.passed, "verdict": s.verdict,
+            "generator_saturated": s.generator_saturated}
 
 
 class RunStore:
@@ -160,9 +259,9 @@ class RunStore:
         path = self.variant_dir(variant) / filename
         return read_json(path) if path.exists() else default
 
-    def finish_variant(self, name: str, summary_entry: dict[str, Any]) -> None:
+    def finish_variant(self, entry: VariantSummary) -> None:
         """Written last: a variant counts as measured only once this file exists."""
-        self.save_json(name, "result.json", summary_entry)
+        self.save_json(entry.name, "result.json", entry.to_dict())
         self.write_summary()
 
     # ---- the summary --------------------------------------------------------------------
@@ -177,6 +276,10 @@ class RunStore:
             "format_version": FORMAT_VERSION,
             "variants": [self.load_json(n, "result.json") for n in self.completed_variants()],
         }
+
+    def variant_summaries(self) -> list[VariantSummary]:
+        """The finished variants as typed records (what the report and console read)."""
+        return [VariantSummary.from_dict(v) for v in self.summary()["variants"] if v]
 
     def write_summary(self) -> dict[str, Any]:
         summary = self.summary()

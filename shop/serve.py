@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +14,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.procs import stop_group
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -76,14 +70,5 @@ def gunicorn(args: Sequence[str], port: int, log_path: Path, *, cwd: Path = PROJ
         wait_healthy(f"http://{bind}{health_path}", process=proc)
         yield Server(f"http://{bind}", proc, log_path)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        with contextlib.suppress(ProcessLookupError):  # workers left behind by a dead master
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, grace_s=10)  # SIGKILLs workers a dead master left behind, too
         log.close()

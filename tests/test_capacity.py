@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from experiments.load.capacity import MIN_RPS, find_capacity, judge
+from experiments.load.capacity import MIN_RPS, find_capacity
 from experiments.load.histogram import Window
 from experiments.load.pacing import pool_for
 from experiments.load.survival import Second, SurvivalRule
@@ -47,32 +47,32 @@ class Server:
 # ---- judge -----------------------------------------------------------------------------
 
 def test_judge_pass_and_each_failure_reason() -> None:
-    ok = judge(step(40), SLO)
+    ok = SLO.judge(step(40))
     assert ok.passed is True and ok.verdict.startswith("pass")
-    slow = judge(step(40, p95=612.4), SLO)
+    slow = SLO.judge(step(40, p95=612.4))
     assert slow.passed is False and "p95 612 ms > SLO 500 ms" in slow.verdict
-    behind = judge(step(40, achieved=35.2), SLO)
+    behind = SLO.judge(step(40, achieved=35.2))
     assert behind.passed is False and "achieved 88% of offered" in behind.verdict
-    failing = judge(step(40, errors=20), SLO)
+    failing = SLO.judge(step(40, errors=20))
     assert failing.passed is False and "errors 5.0% > 1.0%" in failing.verdict
     assert "HTTP 502" in failing.verdict
-    invalid = judge(step(40, saturated=True), SLO)
+    invalid = SLO.judge(step(40, saturated=True))
     assert invalid.passed is False and "generator saturated" in invalid.verdict
     assert "invalid step" in invalid.verdict
 
 
 def test_judge_boundaries_and_empty_step() -> None:
-    assert judge(step(40, p95=500.0), SLO).passed is True  # p95 == SLO passes
-    assert judge(step(100, achieved=95.0), SLO).passed is True  # exactly 95 %
+    assert SLO.judge(step(40, p95=500.0)).passed is True  # p95 == SLO passes
+    assert SLO.judge(step(100, achieved=95.0)).passed is True  # exactly 95 %
     empty = StepResult(offered_rps=10, achieved_rps=0, p50_ms=0, p95_ms=0, p99_ms=0,
                        error_rate=0.0, requests=0)
-    verdict = judge(empty, SLO)
+    verdict = SLO.judge(empty)
     assert verdict.passed is False and "no request completed" in verdict.verdict
 
 
 def test_judge_does_not_mutate_input() -> None:
     original = step(40, p95=900)
-    judge(original, SLO)
+    SLO.judge(original)
     assert original.passed is None and original.verdict == ""
 
 

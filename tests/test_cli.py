@@ -1,22 +1,10 @@
 """Bad input answers one sentence (exit 2, no traceback) before anything is deployed."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from stacks.variant import PROJECT_DIR
-
-
-def scalelab(*args: str, cwd: Path = PROJECT_DIR) -> subprocess.CompletedProcess[str]:
-    # No AWS credentials and no instance-metadata lookups: nothing may leave loopback.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-               AWS_CONFIG_FILE="/nonexistent", PATH="/usr/bin:/bin")
-    return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+from conftest import scalelab_cli as scalelab
 
 
 def assert_one_sentence(result: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -20,12 +20,8 @@ from experiments.cost import (
 from experiments.errors import UserError
 from experiments.model import StepResult
 from experiments.pricing import embedded_prices
+from stacks.preview import DeclaredResource
 from stacks.variant import Network, load_variant
-
-try:
-    from stacks.preview import DeclaredResource
-except ImportError:  # pragma: no cover - preview not importable
-    from experiments.cost import ConfigResource as DeclaredResource  # type: ignore[assignment]
 
 # Hand-computed (aws-facts.md prices; gp3 GB-month / 730 h):
 # micro   us-east-1: 0.0116 + 8*0.08/730 + 0.005                          = 0.017476712

@@ -12,10 +12,10 @@ import psutil
 import pytest
 
 from experiments.errors import UserError
-from experiments.load.capacity import judge
 from experiments.load.driver import LoadSession, LoadSettings
-from experiments.load.reference import free_port, start_static_haproxy, stop, wait_for_port
+from experiments.load.reference import start_static_haproxy, wait_for_port
 from experiments.model import Slo
+from experiments.procs import free_port, stop_group
 
 FIXTURES = Path(__file__).parent / "fixtures" / "load"
 PING = FIXTURES / "ping_locustfile.py"
@@ -34,7 +34,7 @@ def haproxy(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     try:
         yield proc, url
     finally:
-        stop(proc)
+        stop_group(proc, grace_s=0)
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def slow_server() -> Iterator[str]:
         wait_for_port(port)
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop(proc)
+        stop_group(proc, grace_s=0)
 
 
 def assert_gone(pids: list[int]) -> None:
@@ -75,7 +75,7 @@ def test_step_offers_the_rate_and_survival_holds(haproxy: tuple[object, str]) ->
     assert step.users >= 50 and step.response_bytes == 2 * step.requests  # body "ok"
     assert 0 < step.generator_cpu < 1.5
     assert step.passed is None and step.duration_s == pytest.approx(4, abs=0.3)
-    assert judge(step, Slo()).passed is True
+    assert Slo().judge(step).passed is True
 
     assert survival.held and survival.failed_at is None and survival.users == 10
     assert len(survival.timeline) == 3 and len(ticks) == 3
@@ -88,7 +88,7 @@ def test_slow_server_falls_behind_and_fails(slow_server: str) -> None:
     assert step.achieved_rps < 0.8 * step.offered_rps  # about 5 rps can be served
     assert 2.0 < step.achieved_rps < 8.0
     assert step.p50_ms >= 200  # every request takes at least the 200 ms sleep
-    verdict = judge(step, Slo(p95_ms=500))
+    verdict = Slo(p95_ms=500).judge(step)
     assert verdict.passed is False and "achieved" in verdict.verdict
 
 
@@ -98,14 +98,14 @@ def test_survival_reports_a_killed_server(tmp_path: Path) -> None:
 
     def kill_after_two_seconds(t: float) -> None:
         if t >= 2 and not killed_at:
-            stop(proc)
+            stop_group(proc, grace_s=0)
             killed_at.append(t)
 
     try:
         with LoadSession(url, LoadSettings(PING)) as session:
             result = session.survival(users=10, limit_s=30, on_tick=kill_after_two_seconds)
     finally:
-        stop(proc)
+        stop_group(proc, grace_s=0)
     assert not result.held
     assert result.failed_at is not None
     # declared failed when the 5 s error-rate rule trips: within a few seconds of the kill
@@ -183,5 +183,5 @@ def test_task_exceptions_count_as_errors(haproxy: tuple[object, str]) -> None:
         step = session.step(20, warmup_s=1, hold_s=2)
     assert step.requests > 0 and step.error_rate == 1.0
     assert step.errors_by_kind == {"task error KeyError": step.errors}
-    verdict = judge(step, Slo())
+    verdict = Slo().judge(step)
     assert verdict.passed is False and "task error KeyError" in verdict.verdict

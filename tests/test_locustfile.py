@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from experiments.procs import free_port
 from shop.catalog import CATEGORIES, SEARCH_TERMS
-from shop.serve import PROJECT_DIR, Server, free_port, gunicorn
+from shop.serve import PROJECT_DIR, Server, gunicorn
 from stacks.variant import AppSource, GunicornSettings, Variant
 
 LOCUSTFILE = PROJECT_DIR / "shop" / "locustfile.py"

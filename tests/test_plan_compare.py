@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import RUN_FIXTURE
 
 from experiments.cli import main
 from experiments.errors import UserError
@@ -16,7 +17,7 @@ from experiments.plan import make_plan, newest_run, plan_command, winner
 from experiments.report.compare import compare_command, diffs
 from experiments.results import load_summary
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run_fixture"
+FIXTURE = RUN_FIXTURE
 
 
 @pytest.fixture

@@ -12,13 +12,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import RUN_FIXTURE
 from PIL import Image
 
 from experiments.cli import main
 from experiments.errors import UserError
 from experiments.report import build_report
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run_fixture"
+FIXTURE = RUN_FIXTURE
 VARIANTS = ["micro", "micro-swap", "scale-up", "scale-out"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

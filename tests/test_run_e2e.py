@@ -8,7 +8,6 @@ only what is missing, and that the finished summary keeps the design's contract.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import BYO_APP as FIXTURE_APP
+from conftest import needs_root
 
 from stacks.variant import PROJECT_DIR
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0,
-                                                   reason="the local backend needs root here")]
-
-FIXTURE_APP = PROJECT_DIR / "tests" / "fixtures" / "byo_app"
+pytestmark = [pytest.mark.slow, needs_root]
 
 
 def scalelab(*args: str) -> list[str]:

@@ -1,7 +1,8 @@
 """Runner pieces that need no deployment: the survival verdict and surplus credits."""
 
+from experiments.cost import surplus_credits_per_hour
+from experiments.load.survival import first_worker_loss_s, with_worker_loss
 from experiments.model import LogLine, Observations, SignalSample, SurvivalResult
-from experiments.runner import first_worker_loss_s, surplus_credits_per_hour, with_worker_loss
 
 T0 = 1_000_000.0
 SIGKILL = ("[2026-11-25 10:00:21 +0000] [10] [ERROR] Worker (pid:12) was sent SIGKILL! "

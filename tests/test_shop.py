@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from experiments.procs import free_port
 from shop.catalog import CATEGORIES
-from shop.serve import PROJECT_DIR, Server, free_port, gunicorn
+from shop.serve import PROJECT_DIR, Server, gunicorn
 from stacks.variant import GunicornSettings, Variant
 
 PRODUCTS = 2000

@@ -44,6 +44,11 @@ class Deployment:
 class Backend(Protocol):
     name: str
 
+    def preflight(self, variants: list[Variant]) -> None:
+        """Check prerequisites (tools, credentials, budget) before anything is created;
+        raise a UserError naming what is missing."""
+        ...
+
     def deployed(self, variant: Variant) -> AbstractContextManager[Deployment]:
         """Deploy, wait healthy, yield; tear down in `finally` whatever happens inside."""
         ...

@@ -16,51 +16,12 @@ The search (what the report calls "capacity"):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from experiments.model import Slo, StepResult
 
 MIN_RPS = 0.5
 """Below this an open-model step holds too few arrivals to say anything."""
-
-
-def judge(step: StepResult, slo: Slo) -> StepResult:
-    """Return a copy of `step` with `passed` and a one-line `verdict` explaining why."""
-    problems: list[str] = []
-    if step.generator_saturated:
-        problems.append(
-            f"generator saturated (CPU {step.generator_cpu:.0%} of a core, event-loop lag "
-            f"{step.generator_lag_ms:.0f} ms): invalid step, not a server measurement"
-        )
-    if step.requests == 0:
-        problems.append("no request completed")
-    else:
-        if step.p95_ms > slo.p95_ms:
-            problems.append(f"p95 {step.p95_ms:.0f} ms > SLO {slo.p95_ms:.0f} ms")
-        if step.error_rate > slo.max_error_rate:
-            top = ""
-            if step.errors_by_kind:
-                kind, count = max(step.errors_by_kind.items(), key=lambda kv: kv[1])
-                top = f", mostly {kind} ({count})"
-            problems.append(
-                f"errors {step.error_rate:.1%} > {slo.max_error_rate:.1%}{top}"
-            )
-    ratio = step.achieved_rps / step.offered_rps if step.offered_rps > 0 else 0.0
-    if step.requests and ratio < slo.min_achieved_ratio:
-        problems.append(
-            f"achieved {ratio:.0%} of offered ({step.achieved_rps:.1f} of "
-            f"{step.offered_rps:.1f} rps)"
-        )
-    if problems:
-        return replace(step, passed=False, verdict="; ".join(problems))
-    return replace(
-        step,
-        passed=True,
-        verdict=(
-            f"pass: p95 {step.p95_ms:.0f} ms <= {slo.p95_ms:.0f} ms, errors "
-            f"{step.error_rate:.1%}, achieved {ratio:.0%} of offered"
-        ),
-    )
 
 
 @dataclass
@@ -102,7 +63,7 @@ def find_capacity(
 
     def run(rate: float) -> StepResult:
         nonlocal best, fail_rps, saturated_rps
-        step = judge(measure(rate), slo)
+        step = slo.judge(measure(rate))
         steps.append(step)
         if on_step is not None:
             on_step(step)

@@ -10,7 +10,10 @@ Protocol (one JSON object per line). Parent -> child on stdin:
     {"cmd": "quit"}
 Child -> parent on the original stdout (fd 1 is redirected to stderr, so a print() in a
 locustfile cannot corrupt the protocol):
-    {"type": "ready"} | {"type": "error", "message": "..."} | {"type": "step", "result": {...}}
+    {"type": "ready"} | {"type": "step", "result": {...}}
+    {"type": "error", "kind": "usage" | "internal", "message": "..."}
+        usage: the user's input is at fault (the locustfile): one sentence for the user;
+        internal: the generator itself failed.
     {"type": "tick", "t": 3.0, "requests": .., "errors": .., "p95_ms": ..}
     {"type": "survival", "result": {...}}
 Workers (distributed mode) take no commands: they are driven by the master through Locust's
@@ -365,9 +368,11 @@ class Child:
                     result = self.survival(int(command["users"]), float(command["limit_s"]))
                     self.send({"type": "survival", "result": result})
                 else:
-                    self.send({"type": "error", "message": f"unknown command {name!r}"})
+                    self.send({"type": "error", "kind": "internal",
+                               "message": f"unknown command {name!r}"})
             except Exception as exc:  # noqa: BLE001 - report, keep serving
-                self.send({"type": "error", "message": f"{type(exc).__name__}: {exc}"})
+                self.send({"type": "error", "kind": "internal",
+                           "message": f"{type(exc).__name__}: {exc}"})
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -423,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
 
-    def fail(message: str) -> int:
-        out.write(json.dumps({"type": "error", "message": message}) + "\n")
+    def fail(kind: str, message: str) -> int:
+        out.write(json.dumps({"type": "error", "kind": kind, "message": message}) + "\n")
         out.flush()
         return 2
 
@@ -433,9 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers:
             child.wait_for_workers()
     except LocustfileError as exc:
-        return fail(str(exc))
+        return fail("usage", str(exc))
     except Exception as exc:  # noqa: BLE001 - one line to the parent instead of a traceback
-        return fail(f"load generator failed to start: {type(exc).__name__}: {exc}")
+        return fail("internal", f"load generator failed to start: {type(exc).__name__}: {exc}")
     child.send({"type": "ready"})
     try:
         child.serve(FileObjectPosix(os.dup(0), "rb"))

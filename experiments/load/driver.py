@@ -15,7 +15,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 
 from experiments.errors import UserError
 from experiments.model import StepResult, SurvivalResult
+from experiments.procs import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 90.0
@@ -67,12 +67,6 @@ def check_loopback(url: str) -> None:
             f"load target {url!r} is not on loopback; the load driver only sends traffic to "
             "127.0.0.0/8 or localhost"
         )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _Proc:
@@ -159,7 +153,7 @@ class LoadSession:
         common = ["--locustfile", str(locustfile), "--url", self.url]
         try:
             if self.settings.load_workers:
-                port = _free_port()
+                port = free_port()
                 dist = ["--workers", str(self.settings.load_workers), "--master-port", str(port)]
                 self._master = _Proc(["--role", "master", *common, *dist], env, "load-master")
                 for i in range(self.settings.load_workers):
@@ -237,7 +231,7 @@ class LoadSession:
             message = json.loads(line)
             if message.get("type") == "error":
                 text = str(message.get("message", "unknown error"))
-                if text.startswith("locustfile "):
+                if message.get("kind") == "usage":
                     raise UserError(text)
                 raise RuntimeError(f"load generator: {text}")
             if message.get("type") == "tick" and on_tick is not None:

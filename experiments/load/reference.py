@@ -4,18 +4,12 @@ benchmark and its tests both start it, so they measure against the same thing.""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from experiments.procs import free_port, stop_group
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:
@@ -26,13 +20,6 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the process group (started with start_new_session) and reap it."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
 
 
 def start_static_haproxy(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -51,6 +38,6 @@ def start_static_haproxy(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     try:
         wait_for_port(port)
     except BaseException:
-        stop(proc)
+        stop_group(proc, grace_s=0)
         raise
     return proc, f"http://127.0.0.1:{port}"

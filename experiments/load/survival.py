@@ -19,8 +19,11 @@ and is exactly the sentence the report prints:
 
 from __future__ import annotations
 
+import re
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from experiments.model import Observations, SurvivalResult
 
 WINDOW_S = 5
 MAX_ERROR_RATE = 0.5
@@ -105,3 +108,37 @@ def _top(kinds: Counter[str]) -> str:
         return ""
     kind, count = max(kinds.items(), key=lambda kv: kv[1])
     return f", mostly {kind} ({count})"
+
+
+# ---- the server's side of the verdict -------------------------------------------------------
+
+WORKER_LOSS = re.compile(r"was sent SIGKILL|WORKER TIMEOUT|Killed process|oom_kill counter")
+
+
+def first_worker_loss_s(survival: SurvivalResult, observations: Observations) -> float | None:
+    """Seconds into the survival test until the server first lost a worker (kernel OOM kill or
+    Gunicorn's timeout kill), or None. The client-side verdict says when users were failed;
+    this says when the box itself first broke — the moment the seed's log recorded."""
+    losses = [line.t for line in observations.logs
+              if survival.started_at <= line.t <= survival.ended_at
+              and WORKER_LOSS.search(line.text)]
+    return round(min(losses) - survival.started_at, 1) if losses else None
+
+
+def with_worker_loss(survival: SurvivalResult, observations: Observations) -> SurvivalResult:
+    """The survival verdict from both sides: clients (errors, silence) and the server itself.
+
+    Gunicorn replaces a killed worker within a second, so clients of a box that is being
+    OOM-killed may see little more than slowness; the seed's service was nonetheless broken
+    the moment its worker was SIGKILLed. Whichever comes first ends the survival time.
+    """
+    loss_s = first_worker_loss_s(survival, observations)
+    if loss_s is None or (not survival.held and survival.seconds <= loss_s):
+        return survival
+    line = next(x for x in sorted(observations.logs, key=lambda x: x.t)
+                if survival.started_at <= x.t <= survival.ended_at
+                and WORKER_LOSS.search(x.text))
+    clients = "clients saw it hold" if survival.held else f"clients later: {survival.reason}"
+    return replace(survival, held=False, seconds=loss_s, failed_at=survival.started_at + loss_s,
+                   reason=f"the server lost a worker ({line.source}: {line.text.strip()[-90:]}); "
+                          f"{clients}")

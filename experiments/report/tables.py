@@ -10,6 +10,8 @@ import csv
 import io
 from typing import Any
 
+from experiments.results import VariantSummary
+
 CSV_COLUMNS = [
     "variant", "instance_type", "count", "swap_mib", "load_balancer", "capacity_rps",
     "p95_ms_at_capacity", "survival_s", "survival_held", "failure_kind", "failure_summary",
@@ -18,32 +20,28 @@ CSV_COLUMNS = [
 
 
 def variant_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat row per variant (None where the run has no figure)."""
+    """One flat row per variant (None where the run has no figure), from the typed records."""
     rows = []
-    for v in summary.get("variants") or []:
-        if not v:
-            continue
-        cost = v.get("cost") or {}
-        survival = v.get("survival") or {}
-        failure = v.get("failure") or {}
+    for v in (VariantSummary.from_dict(raw) for raw in summary.get("variants") or [] if raw):
+        cost = v.cost
         rows.append({
-            "variant": v.get("name"),
-            "instance_type": v.get("instance_type"),
-            "count": v.get("count"),
-            "swap_mib": v.get("swap_mib"),
-            "load_balancer": v.get("load_balancer"),
-            "capacity_rps": v.get("capacity_rps"),
-            "p95_ms_at_capacity": v.get("p95_ms_at_capacity"),
-            "survival_s": survival.get("seconds"),
-            "survival_held": survival.get("held"),
-            "failure_kind": failure.get("kind"),
-            "failure_summary": failure.get("summary") or "",
+            "variant": v.name,
+            "instance_type": v.instance_type,
+            "count": v.count,
+            "swap_mib": v.swap_mib,
+            "load_balancer": v.load_balancer,
+            "capacity_rps": v.capacity_rps,
+            "p95_ms_at_capacity": v.p95_ms_at_capacity,
+            "survival_s": v.survival.seconds,
+            "survival_held": v.survival.held,
+            "failure_kind": v.failure.kind,
+            "failure_summary": v.failure.summary,
             "hourly_usd": cost.get("hourly_usd"),
             "monthly_usd": cost.get("monthly_usd"),
             "usd_per_million_requests": cost.get("usd_per_million_requests"),
             "capacity_per_usd_hour": cost.get("capacity_per_usd_hour"),
-            "region": cost.get("region") or v.get("region"),
-            "evidence": list(failure.get("evidence") or []),
+            "region": cost.get("region") or v.region,
+            "evidence": list(v.failure.evidence),
             "cost_items": cost.get("items") or {},
             "cost_notes": list(cost.get("notes") or []),
         })

@@ -39,6 +39,7 @@ from experiments.backends.local.sampler import SampledInstance, Sampler
 from experiments.backends.local.supervisor import Supervisor, pump_lines, wrap_in_cgroup
 from experiments.errors import UserError
 from experiments.model import LogLine, Observations, SignalSample
+from experiments.procs import stop_group
 from stacks.catalog import load_catalog
 from stacks.variant import Variant
 
@@ -157,6 +158,10 @@ class LocalBackend:
         finally:
             with _sigint_deferred():
                 stack.teardown()
+
+    def preflight(self, variants: list[Variant]) -> None:
+        """Nothing to check before the run folder exists: cgroups, swap and HAProxy are
+        checked when the first variant deploys, with a sentence naming what is missing."""
 
     def leftovers(self) -> list[Leftover]:
         return state.find_leftovers(self.state, self._layout_or_none())
@@ -424,7 +429,7 @@ class _Stack:
             step("final sample", self.sampler.tick)
             step("sampler", self.sampler.stop)
         if self.lb_proc is not None:
-            step("haproxy", _stop_group, self.lb_proc)
+            step("haproxy", stop_group, self.lb_proc)
         stoppers = [threading.Thread(target=i.supervisor.stop, daemon=True)
                     for i in self.instances if i.supervisor]
         for t in stoppers:
@@ -455,17 +460,6 @@ def _no_control_socket() -> list[str]:
     from gunicorn.config import Config
 
     return ["--no-control-socket"] if "control_socket" in Config().settings else []
-
-
-def _stop_group(proc: subprocess.Popen[bytes], grace_s: float = 1.0) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(grace_s)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(2)
 
 
 def _remove_cgroup(cg: InstanceCgroup) -> None:

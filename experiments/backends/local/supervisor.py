@@ -10,7 +10,6 @@ runner, which then tears down in order, and teardown kills the whole group.
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import threading
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from experiments.model import LogLine
+from experiments.procs import stop_group
 
 # systemd's defaults for a Restart=always service.
 RESTART_SEC = 0.1
@@ -126,16 +126,8 @@ class Supervisor:
         with self._lock:
             self._stopping.set()
             proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(grace_s)
         if proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(2)
+            stop_group(proc, grace_s, reap_s=2)
         if self._thread is not None:
             self._thread.join(2)
         for reader in self._readers:

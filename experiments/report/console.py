@@ -1,0 +1,39 @@
+"""The comparison table on the terminal, at the end of `run` (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from experiments.results import VariantSummary
+
+LEFT = ("variant", "failure", "instances")
+
+
+def print_summary_table(summary: dict[str, Any], variants: list[VariantSummary],
+                        out: Console) -> None:
+    """One row per finished variant: capacity, survival, failure, price."""
+    emulated = (f", cpu_scale {summary['cpu_scale']:.2f}, emulated"
+                if summary.get("cpu_scale") else "")
+    table = Table(title=f"scalelab run {summary['run_id']} ({summary.get('backend')}{emulated})")
+    for column in ("variant", "instances", "capacity (req/s)", "p95 at capacity",
+                   "survival", "failure", "$/hour", "$ per M req"):
+        table.add_column(column, justify="left" if column in LEFT else "right")
+    for v in variants:
+        per_million = v.cost.get("usd_per_million_requests")
+        loss = v.survival.first_worker_loss_s
+        table.add_row(
+            v.name,
+            f"{v.count}×{v.instance_type}" + ("+ALB" if v.load_balancer else "")
+            + (f", swap {v.swap_mib / 1024:g} GiB" if v.swap_mib else ""),
+            f"{v.capacity_rps:.1f}",
+            "—" if v.p95_ms_at_capacity is None else f"{v.p95_ms_at_capacity:.0f} ms",
+            ("held" if v.survival.held else f"{v.survival.seconds:.0f} s")
+            + ("" if loss is None else f" (worker lost at {loss:.0f} s)"),
+            v.failure.kind,
+            "—" if v.hourly_usd is None else f"{v.hourly_usd:.4f}",
+            "—" if per_million is None else f"{per_million:.3f}",
+        )
+    out.print(table)
