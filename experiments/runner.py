@@ -28,7 +28,7 @@ from experiments.errors import UserError
 from experiments.load.capacity import CapacityResult, find_capacity
 from experiments.load.survival import first_worker_loss_s, with_worker_loss
 from experiments.model import Failure, Observations, StepResult, SurvivalResult
-from experiments.report.console import print_summary_table
+from experiments.report.console import build_report_or_say_how, print_summary_table
 from experiments.results import RunStore, VariantSummary, variant_record
 from experiments.runplan import RunPlan, make_run_backend, plan_run
 from stacks.variant import Variant
@@ -83,7 +83,7 @@ def run_command(args: argparse.Namespace) -> int:
         store.update_info(status="complete" if complete else "incomplete",
                           finished_at=time.time())
         store.write_summary()
-        _build_report(store)
+        build_report_or_say_how(store.dir, console)
         if not complete:
             console.print(f"[yellow]Run {plan.run_id} is incomplete; finish it with "
                           f"`python -m experiments run --resume {plan.run_id} --out {plan.out}`."
@@ -254,16 +254,3 @@ def _progress() -> Iterator[Progress]:
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         yield progress
-
-
-def _build_report(store: RunStore) -> None:
-    try:
-        from experiments.report import build_report
-
-        paths = build_report(store.dir)
-        html = [p for p in paths if p.suffix == ".html"]
-        if html:
-            console.print(f"Report: {html[0]}")
-    except Exception as exc:  # the results are safe on disk; the report can be rebuilt
-        console.print(f"[yellow]The report could not be built ({type(exc).__name__}: {exc}); "
-                      f"rebuild it with `python -m experiments report {store.dir}`.[/yellow]")

@@ -14,7 +14,6 @@ import ipaddress
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from urllib.parse import urlsplit
 
 from experiments.errors import UserError
 from experiments.model import StepResult, SurvivalResult
-from experiments.procs import free_port
+from experiments.procs import free_port, stop_group
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 90.0
@@ -112,10 +111,7 @@ class _Proc:
 
     def kill(self) -> None:
         """SIGKILL the child's whole process group (it is its own session leader)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=5)
+        stop_group(self.popen, grace_s=0)
         with contextlib.suppress(OSError, ValueError):
             if self.popen.stdout is not None:
                 self.popen.stdout.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -37,3 +38,17 @@ def print_summary_table(summary: dict[str, Any], variants: list[VariantSummary],
             "—" if per_million is None else f"{per_million:.3f}",
         )
     out.print(table)
+
+
+def build_report_or_say_how(run_dir: Path, out: Console) -> None:
+    """Build the report at the end of a run; if that fails, the results are safe on disk and
+    the user is told how to rebuild it (a report bug must not lose a measured run)."""
+    try:
+        from experiments.report import build_report
+
+        html = [p for p in build_report(run_dir) if p.suffix == ".html"]
+        if html:
+            out.print(f"Report: {html[0]}")
+    except Exception as exc:
+        out.print(f"[yellow]The report could not be built ({type(exc).__name__}: {exc}); "
+                  f"rebuild it with `python -m experiments report {run_dir}`.[/yellow]")
