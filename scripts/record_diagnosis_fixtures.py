@@ -2,8 +2,12 @@
 
 Why: the classifier in experiments/diagnose.py matches exact log wording and counter
 behaviour. Hand-written fixtures would only test our own assumptions, so this script makes
-the failures happen for real on loopback and saves what a backend would have observed
-(Observations.to_dict() plus a little metadata) under tests/fixtures/diagnosis/:
+the failures happen for real on loopback and saves what the local backend would have observed
+(Observations.to_dict() plus a little metadata) under tests/fixtures/diagnosis/. It assembles
+one emulated instance from the backend's own parts -- `InstanceCgroup` with the variant's
+memory and vCPU × cpu_scale CPU limits, the `Supervisor`'s Gunicorn command, the `Sampler`
+(signals, credit bucket, /dev/kmsg lines for our cgroup, HAProxy target states) -- so a
+fixture holds exactly what a `LocalBackend` run would see, not a copy of it:
 
   worker_timeout_abort.json  a request sleeps past --timeout 2: WORKER TIMEOUT, the worker
                              runs its SIGABRT handler ("Error handling request", traceback,
@@ -11,19 +15,19 @@ the failures happen for real on loopback and saves what a backend would have obs
   worker_timeout_kill.json   a request stuck in C code (pbkdf2, which never returns to the
                              interpreter, like the seed's MySQL call): WORKER TIMEOUT, SIGABRT
                              cannot run, SIGKILL one arbiter tick later ("Perhaps out of memory?")
-  oom_kill.json              a worker allocates past a 100 MiB cgroup v1 limit (memsw equal, so
-                             no swap): the kernel OOM-kills it; oom_kill counter + kernel lines
+  oom_kill.json              a worker allocates past the micro's memory limit (no swap): the
+                             kernel OOM-kills it; oom_kill counter + kernel lines
   timeout_and_oom.json       both at once in one 2-worker Gunicorn: one pid times out, the
                              other is OOM-killed
-  lb_no_healthy_target.json  HAProxy in front of a server that stops: health checks mark it
-                             DOWN, "no server available", 503s
+  lb_no_healthy_target.json  the backend's HAProxy (plus an access log) in front of a server
+                             that stops: health checks mark it DOWN, "no server available", 503s
   synthetic_*.json           "recorded": false -- built by synthesized() below (swap thrash,
                              credits, CPU saturation, refused connections, generator bound, and
                              the seed's own two lines); each says why it is not a recording
 
-Run as root on a cgroup v1 host (sudo .venv/bin/python scripts/record_diagnosis_fixtures.py
-[case ...]; --synthesized writes only the synthetic ones). Only 127.0.0.1 is used. Every
-process and cgroup is removed, also on error.
+Run as root (sudo .venv/bin/python scripts/record_diagnosis_fixtures.py [case ...];
+--synthesized writes only the synthetic ones), on cgroup v1 or v2. Only 127.0.0.1 is used.
+Every process and cgroup is removed, also on error.
 """
 
 from __future__ import annotations
@@ -33,8 +37,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,23 +45,31 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# noqa E402: the imports need ROOT on sys.path (the script runs from anywhere).
+from experiments.backends.local import LocalBackend, _no_control_socket, haproxy  # noqa: E402
+from experiments.backends.local.appsetup import app_env  # noqa: E402
+from experiments.backends.local.cgroups import InstanceCgroup, detect_layout  # noqa: E402
+from experiments.backends.local.credits import CreditBucket  # noqa: E402
+from experiments.backends.local.sampler import SampledInstance, Sampler  # noqa: E402
+from experiments.backends.local.supervisor import Supervisor, pump_lines, wrap_in_cgroup  # noqa: E402
+from experiments.errors import UserError  # noqa: E402
+from experiments.load.reference import free_port  # noqa: E402
 from experiments.model import LogLine, Observations, SignalSample  # noqa: E402
+from stacks.catalog import load_catalog  # noqa: E402
+from stacks.variant import AppSource, GunicornSettings, Variant, load_variant  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "diagnosis"
-CGROUP_NAME = "diag-fixture-of-scalelab"
-"""Not `scalelab-*`: the local backend's leftover sweeper removes every such cgroup, and it
-must not kill a recording another test is making (nor we its instances)."""
-MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
-CPUACCT_ROOT = Path("/sys/fs/cgroup/cpuacct")
-INSTANCE = "micro-0"
-LIMIT_BYTES = 100 * 1024 * 1024
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+CGROUP_PREFIX = "diag-fixture-of-scalelab"
+"""Not `scalelab-*`: the local backend's leftover sweeper removes such cgroups, and it must not
+kill a recording another test is making (nor we its instances)."""
+INSTANCE = "i0"
+"""The name the local backend gives its first instance (log sources `gunicorn:i0`, ...)."""
+MIB = 1024 * 1024
 
 APP = '''
 """Tiny WSGI app whose endpoints misbehave on purpose (diagnosis fixtures)."""
@@ -80,292 +90,203 @@ def application(environ, start_response):
         # run its SIGABRT handler, so Gunicorn has to SIGKILL it.
         hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", int(query.get("n", ["30000000"])[0]))
     elif path == "/hog":
-        mib = int(query.get("mib", ["300"])[0])
-        for _ in range(mib):
+        # As fast as it can: it must pass the memory limit before --timeout 2 fires.
+        for _ in range(int(query.get("mib", ["300"])[0])):
             HOLD.append(bytearray(1024 * 1024))  # zero-filled: the pages are really touched
-            time.sleep(0.01)
     body = b"ok\\n"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 '''
 
 
-
-def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
-    """SIGTERM, then SIGKILL if it is still there after the grace period; always reap."""
-    with suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def cgroup_name(role: str) -> str:
+    """Per process, so two recordings on one host never share (or remove) a cgroup."""
+    return f"{CGROUP_PREFIX}-p{os.getpid()}-{role}"
 
 
-# ---- cgroup ------------------------------------------------------------------------------
-
-@contextmanager
-def fixture_cgroup(limit_bytes: int) -> Iterator[tuple[Path, Path]]:
-    """A fresh memory (+cpuacct) cgroup; every task in it is killed and it is removed after."""
-    mem, cpu = MEMORY_ROOT / CGROUP_NAME, CPUACCT_ROOT / CGROUP_NAME
-    for group in (mem, cpu):
-        remove_cgroup(group)
-        group.mkdir()
-    try:
-        (mem / "memory.limit_in_bytes").write_text(str(limit_bytes))
-        (mem / "memory.memsw.limit_in_bytes").write_text(str(limit_bytes))
-        yield mem, cpu
-    finally:
-        for group in (mem, cpu):
-            remove_cgroup(group)
+def memory_limit_mib(variant: Variant) -> int:
+    """The instance cgroup's memory limit, as the local backend sets it."""
+    return variant.memory_mib - variant.os_reserve_mib
 
 
-def remove_cgroup(group: Path) -> None:
-    if not group.exists():
-        return
-    for _ in range(50):
-        pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
-        if not pids:
-            break
-        for pid in pids:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-    for _ in range(50):
-        try:
-            group.rmdir()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"could not remove cgroup {group}")
+def with_app(variant: Variant, app_dir: Path, **changes: object) -> Variant:
+    """`variant` serving APP from `app_dir` (no setup command), with further overrides."""
+    app = AppSource(path=str(app_dir), wsgi="app:application", setup="", health_path="/healthz")
+    return variant.with_overrides(app=app, **changes)
 
 
-def oom_kills(mem: Path) -> int:
-    for line in (mem / "memory.oom_control").read_text().splitlines():
-        key, _, value = line.partition(" ")
-        if key == "oom_kill":
-            return int(value)
-    return 0
+def micro(app_dir: Path, workers: int) -> Variant:
+    """The seed's box, with Gunicorn's timeout at 2 s so a recording takes seconds."""
+    return with_app(load_variant("micro"), app_dir,
+                    gunicorn=GunicornSettings(workers=workers, timeout_s=2))
 
 
-def memory_stat(mem: Path, key: str) -> int:
-    for line in (mem / "memory.stat").read_text().splitlines():
-        name, _, value = line.partition(" ")
-        if name == key:
-            return int(value)
-    return 0
+def get(port: int, path: str, timeout: float) -> None:
+    urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout).read()
 
 
-class Sampler(threading.Thread):
-    """Reads the cgroup like the local backend does, twice a second."""
-
-    def __init__(self, mem: Path, cpu: Path, instance: str = INSTANCE) -> None:
-        super().__init__(daemon=True)
-        self.mem, self.cpu, self.instance = mem, cpu, instance
-        self.samples: list[SignalSample] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        last_t, last_cpu = time.time(), int((self.cpu / "cpuacct.usage").read_text())
-        while not self.stop.wait(0.5):
-            with suppress(OSError):
-                now, used = time.time(), int((self.cpu / "cpuacct.usage").read_text())
-                usage = int((self.mem / "memory.usage_in_bytes").read_text())
-                memsw = int((self.mem / "memory.memsw.usage_in_bytes").read_text())
-                self.samples.append(SignalSample(
-                    t=round(now, 3), instance=self.instance,
-                    memory_bytes=usage,
-                    memory_limit_bytes=int((self.mem / "memory.limit_in_bytes").read_text()),
-                    swap_bytes=max(0, memsw - usage),
-                    major_faults=memory_stat(self.mem, "total_pgmajfault"),
-                    cpu_used_cores=round((used - last_cpu) / 1e9 / (now - last_t), 3),
-                    cpu_limit_cores=1.0,
-                    oom_kills=oom_kills(self.mem),
-                ))
-                last_t, last_cpu = now, used
-
-
-# ---- processes ---------------------------------------------------------------------------
-
-class LogReader(threading.Thread):
-    """Timestamps each line on arrival, as the local backend's supervisor does."""
-
-    def __init__(self, stream: object, source: str) -> None:
-        super().__init__(daemon=True)
-        self.stream, self.source = stream, source
-        self.lines: list[LogLine] = []
-
-    def run(self) -> None:
-        for raw in self.stream:  # type: ignore[attr-defined]
-            text = raw.decode(errors="replace").rstrip("\n")
-            if text:
-                self.lines.append(LogLine(t=round(time.time(), 3), source=self.source, text=text))
-
-
-@contextmanager
-def gunicorn(app_dir: Path, port: int, workers: int, cgroups: tuple[Path, Path]
-             ) -> Iterator[LogReader]:
-    procs_files = [str(g / "cgroup.procs") for g in cgroups]
-
-    def enter_cgroups() -> None:  # runs in the child before exec: the master and its workers
-        for f in procs_files:
-            with open(f, "w") as fh:
-                fh.write(str(os.getpid()))
-
-    cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-           "--workers", str(workers), "--timeout", "2", "--worker-tmp-dir", "/dev/shm",
-           "--no-control-socket", "--error-logfile", "-", "--log-level", "info",
-           "--chdir", str(app_dir), "app:application"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=enter_cgroups)
-    reader = LogReader(proc.stderr, f"gunicorn:{INSTANCE}")
-    reader.start()
-    try:
-        wait_http(port, "/")
-        yield reader
-    finally:
-        _terminate(proc, grace_s=10)
-        reader.join(2)
-
-
-def wait_http(port: int, path: str, timeout: float = 15.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def wait_http(port: int, path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         with suppress(OSError):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).read()
+            get(port, path, timeout=2)
             return
         time.sleep(0.2)
     raise RuntimeError(f"nothing answered on 127.0.0.1:{port}{path}")
 
 
-def fire(port: int, path: str, timeout: float = 30.0) -> threading.Thread:
+def fire(port: int, path: str, timeout: float = 30.0) -> None:
     """One request in the background; its failure is the point, so errors are ignored."""
 
     def go() -> None:
         with suppress(Exception):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout).read()
+            get(port, path, timeout)
 
-    thread = threading.Thread(target=go, daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=go, daemon=True).start()
 
 
-def wait_for(reader: LogReader, needles: list[str], timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        texts = [line.text for line in reader.lines]
-        if all(any(n in t for t in texts) for n in needles):
-            time.sleep(1.5)  # let the replacement worker boot and the sampler see it
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"Gunicorn never logged {needles}; got: {[x.text for x in reader.lines]}")
+class Recording:
+    """One instance built as LocalBackend builds it, and everything its parts reported."""
+
+    def __init__(self, variant: Variant) -> None:
+        backend = LocalBackend()  # its default cpu_scale, credit start and time compression
+        self.variant, self.port = variant, free_port()
+        self.logs: list[LogLine] = []
+        self.signals: list[SignalSample] = []
+        self.cgroup = detect_layout().make(cgroup_name(INSTANCE))
+        bucket = CreditBucket.for_instance(load_catalog().instance(variant.instance_type),
+                                           variant.credit_mode, backend.credits)
+        self.sampled = SampledInstance(INSTANCE, self.cgroup, variant.vcpu, backend.cpu_scale,
+                                       bucket, backend.time_compression)
+        self.sampler = Sampler([self.sampled], self.signals.append, self.logs.append)
+        argv = [sys.executable, "-m", "gunicorn", *_no_control_socket(),
+                *variant.gunicorn_args(f"127.0.0.1:{self.port}")]
+        self.supervisor = Supervisor(INSTANCE, argv, variant.app.directory,
+                                     app_env(variant, variant.app.directory),
+                                     self.cgroup.procs_files(), self.logs.append)
+
+    def wait_for(self, needles: list[str], timeout: float = 40.0) -> None:
+        """Until every needle was logged by anyone, then two more samples' worth of time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            texts = [line.text for line in list(self.logs)]
+            if all(any(n in t for t in texts) for n in needles):
+                time.sleep(2.5)  # the replacement worker boots; the sampler sees the aftermath
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"never logged {needles}; got: {[x.text for x in self.logs]}")
+
+    def observations(self) -> Observations:
+        return Observations(signals=list(self.signals),
+                            logs=sorted(self.logs, key=lambda line: line.t))
 
 
-def kernel_lines_since(count_before: int) -> list[LogLine]:
-    """New kernel ring-buffer lines, with their own (wall-clock) timestamps."""
-    out = subprocess.run(["dmesg", "--time-format", "iso"], capture_output=True, text=True,
-                         check=True).stdout.splitlines()
-    lines = []
-    for raw in out[count_before:]:
-        stamp, _, text = raw.partition(" ")
-        with suppress(ValueError):
-            t = datetime.fromisoformat(stamp.replace(",", ".")).timestamp()
-            lines.append(LogLine(t=round(t, 3), source=f"kernel:{INSTANCE}", text=text))
-    return lines
+def remove(cgroup: InstanceCgroup) -> None:
+    """Kill every member and remove the cgroup, or say which one is left behind."""
+    if not cgroup.remove():
+        raise RuntimeError(f"could not remove cgroup {cgroup.paths}")
 
 
-def dmesg_count() -> int:
-    return len(subprocess.run(["dmesg"], capture_output=True, text=True, check=True)
-               .stdout.splitlines())
+@contextmanager
+def deployed(variant: Variant) -> Iterator[Recording]:
+    """Limits as LocalBackend sets them, supervised Gunicorn, sampler; all removed after."""
+    rec = Recording(variant)
+    try:
+        rec.cgroup.create()
+        rec.cgroup.set_limits(memory_limit_mib(variant) * MIB, variant.swap_mib * MIB,
+                              variant.swappiness, rec.sampled.target_cores())
+        rec.supervisor.start()
+        rec.sampler.start()
+        wait_http(rec.port, variant.app.health_path)
+        yield rec
+    finally:
+        with suppress(OSError, ValueError, UserError):
+            rec.sampler.tick()  # a last sample, as the backend's teardown takes
+        rec.sampler.stop()
+        rec.supervisor.stop()
+        remove(rec.cgroup)
+
+
+@contextmanager
+def load_balancer(rec: Recording) -> Iterator[int]:
+    """The backend's HAProxy for `rec`'s variant with `rec` as its one target; yields its port.
+
+    Plus an access log: the backend's config has none, but the classifier's `<NOSRV> 503`
+    evidence is read from it."""
+    port, run_dir = free_port(), Path(tempfile.mkdtemp(prefix="diag-fixture-"))
+    sock, cfg = run_dir / "haproxy.sock", run_dir / "haproxy.cfg"
+    text = haproxy.render_config(rec.variant, "127.0.0.1", port,
+                                 [haproxy.Target(INSTANCE, "127.0.0.1", rec.port)], sock)
+    text = text.replace("global\n", "global\n    log stdout format raw local0 info\n", 1)
+    cfg.write_text(text.replace("defaults\n", "defaults\n    log global\n    option httplog\n", 1))
+    cgroup = detect_layout().make(cgroup_name("lb"))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        cgroup.create()
+        proc = subprocess.Popen(
+            wrap_in_cgroup(cgroup.procs_files(), [haproxy.haproxy_binary(), "-f", str(cfg), "-db"]),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        pump_lines(proc.stdout, "haproxy", rec.logs.append)
+        wait_http(port, rec.variant.health_check.path)  # one target: 200 means it is UP
+        rec.sampler.target_state = haproxy.target_states(sock)
+        rec.sampler.haproxy_socket = sock
+        yield port
+    finally:
+        rec.sampler.haproxy_socket = None
+        remove(cgroup)  # kills HAProxy
+        if proc is not None:
+            proc.wait(5)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # ---- cases -------------------------------------------------------------------------------
 
-def gunicorn_case(app_dir: Path, workers: int, requests: list[str], needles: list[str]
-                  ) -> Observations:
-    port = free_port()
-    before = dmesg_count()
-    with fixture_cgroup(LIMIT_BYTES) as groups:
-        sampler = Sampler(*groups)
-        sampler.start()
-        try:
-            with gunicorn(app_dir, port, workers, groups) as reader:
-                time.sleep(1.0)
-                for path in requests:
-                    fire(port, path)
-                    time.sleep(0.3)
-                wait_for(reader, needles, timeout=40)
-        finally:
-            sampler.stop.set()
-            sampler.join(2)
-    logs = sorted(reader.lines + kernel_lines_since(before), key=lambda x: x.t)
-    return Observations(signals=sampler.samples, logs=logs)
+def gunicorn_case(variant: Variant, requests: list[str], needles: list[str]) -> Observations:
+    with deployed(variant) as rec:
+        time.sleep(1.0)
+        for path in requests:
+            fire(rec.port, path)
+            time.sleep(0.3)
+        rec.wait_for(needles)
+    return rec.observations()
+
+
+def hog(variant: Variant) -> str:
+    """A request that allocates 100 MiB past the instance's memory limit."""
+    return f"/hog?mib={memory_limit_mib(variant) + 100}"
 
 
 def case_worker_timeout_abort(app_dir: Path) -> Observations:
-    return gunicorn_case(app_dir, 1, ["/sleep?s=20"], ["WORKER TIMEOUT", "Worker exiting"])
+    return gunicorn_case(micro(app_dir, 1), ["/sleep?s=20"], ["WORKER TIMEOUT", "Worker exiting"])
 
 
 def case_worker_timeout_kill(app_dir: Path) -> Observations:
-    return gunicorn_case(app_dir, 1, ["/spin?n=60000000"], ["WORKER TIMEOUT", "SIGKILL"])
+    return gunicorn_case(micro(app_dir, 1), ["/spin?n=60000000"], ["WORKER TIMEOUT", "SIGKILL"])
 
 
 def case_oom_kill(app_dir: Path) -> Observations:
-    return gunicorn_case(app_dir, 1, ["/hog?mib=300"], ["SIGKILL"])
+    v = micro(app_dir, 1)
+    return gunicorn_case(v, [hog(v)], ["Killed process", "was sent SIGKILL"])
 
 
 def case_timeout_and_oom(app_dir: Path) -> Observations:
-    return gunicorn_case(app_dir, 2, ["/spin?n=60000000", "/hog?mib=300"],
-                         ["WORKER TIMEOUT", "Perhaps out of memory"])
+    v = micro(app_dir, 2)
+    return gunicorn_case(v, ["/spin?n=60000000", hog(v)], ["WORKER TIMEOUT", "Killed process"])
 
 
 def case_lb_no_healthy_target(app_dir: Path) -> Observations:
-    """HAProxy with one checked server; the server's Gunicorn stops, clients get 503."""
-    lb_port, app_port = free_port(), free_port()
-    cfg = app_dir / "haproxy.cfg"
-    cfg.write_text(f"""global
-    log stdout format raw local0 info
-defaults
-    mode http
-    log global
-    option httplog
-    timeout connect 1s
-    timeout client 5s
-    timeout server 5s
-frontend alb
-    bind 127.0.0.1:{lb_port}
-    default_backend targets
-backend targets
-    balance roundrobin
-    option httpchk GET /
-    default-server inter 500ms fall 2 rise 2
-    server {INSTANCE} 127.0.0.1:{app_port} check
-""")
-    haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    reader = LogReader(haproxy.stdout, "haproxy")
-    reader.start()
-    try:
-        with fixture_cgroup(LIMIT_BYTES) as groups:
-            with gunicorn(app_dir, app_port, 1, groups) as g_reader:
-                wait_http(lb_port, "/")
-                time.sleep(1.0)
-            # Gunicorn is gone now: checks fail, HAProxy marks the target DOWN and answers 503.
-            time.sleep(2.5)
-            for _ in range(3):
-                with suppress(Exception):
-                    urllib.request.urlopen(f"http://127.0.0.1:{lb_port}/", timeout=3).read()
-                time.sleep(0.3)
-    finally:
-        _terminate(haproxy, grace_s=5)
-        reader.join(2)
-    logs = sorted(reader.lines + g_reader.lines, key=lambda x: x.t)
-    return Observations(signals=[], logs=logs)
+    """HAProxy with one checked target; the target's Gunicorn stops, clients get 503."""
+    with deployed(with_app(load_variant("scale-out"), app_dir, count=1)) as rec, \
+            load_balancer(rec) as lb_port:
+        time.sleep(1.0)
+        rec.supervisor.stop()  # the instance's server is gone: checks fail, the target goes DOWN
+        rec.wait_for(["has no server available"])
+        for _ in range(3):
+            with suppress(Exception):
+                get(lb_port, "/", timeout=3)
+            time.sleep(0.3)
+    return rec.observations()
 
 
 # ---- synthesized cases (labelled: "recorded": false) ---------------------------------------
@@ -514,6 +435,7 @@ def synthesized() -> dict[str, dict[str, object]]:
     return cases
 
 
+
 CASES = {
     "worker_timeout_abort": case_worker_timeout_abort,
     "worker_timeout_kill": case_worker_timeout_kill,
@@ -540,13 +462,17 @@ def main() -> int:
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case {unknown[0]!r}; valid cases are {', '.join(CASES)}")
-    if os.geteuid() != 0 or not MEMORY_ROOT.is_dir():
-        print("needs root and cgroup v1 at /sys/fs/cgroup/memory", file=sys.stderr)
+    if os.geteuid() != 0:
+        print("needs root: the kernel's OOM lines come from /dev/kmsg", file=sys.stderr)
+        return 2
+    try:
+        detect_layout()
+    except UserError as exc:
+        print(exc, file=sys.stderr)
         return 2
     import gunicorn as gunicorn_pkg
 
-    FIXTURES.mkdir(parents=True, exist_ok=True)
-    app_dir = Path(tempfile.mkdtemp(prefix="scalelab-diag-"))
+    app_dir = Path(tempfile.mkdtemp(prefix="diag-fixture-app-"))
     try:
         (app_dir / "app.py").write_text(APP)
         for name in args.cases or list(CASES):
