@@ -56,10 +56,10 @@ from experiments.backends.local.appsetup import app_env  # noqa: E402
 from experiments.backends.local.cgroups import InstanceCgroup, detect_layout  # noqa: E402
 from experiments.backends.local.credits import CreditBucket  # noqa: E402
 from experiments.backends.local.sampler import SampledInstance, Sampler  # noqa: E402
-from experiments.backends.local.supervisor import Supervisor, pump_lines, wrap_in_cgroup  # noqa: E402
+from experiments.backends.local.supervisor import Supervisor, pump_lines  # noqa: E402
 from experiments.errors import UserError  # noqa: E402
-from experiments.load.reference import free_port  # noqa: E402
 from experiments.model import LogLine, Observations, SignalSample  # noqa: E402
+from experiments.procs import free_port, stop_group  # noqa: E402
 from stacks.catalog import load_catalog  # noqa: E402
 from stacks.variant import AppSource, GunicornSettings, Variant, load_variant  # noqa: E402
 
@@ -219,14 +219,10 @@ def load_balancer(rec: Recording) -> Iterator[int]:
                                  [haproxy.Target(INSTANCE, "127.0.0.1", rec.port)], sock)
     text = text.replace("global\n", "global\n    log stdout format raw local0 info\n", 1)
     cfg.write_text(text.replace("defaults\n", "defaults\n    log global\n    option httplog\n", 1))
-    cgroup = detect_layout().make(cgroup_name("lb"))
-    proc: subprocess.Popen[bytes] | None = None
+    proc = subprocess.Popen([haproxy.haproxy_binary(), "-f", str(cfg), "-db"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        cgroup.create()
-        proc = subprocess.Popen(
-            wrap_in_cgroup(cgroup.procs_files(), [haproxy.haproxy_binary(), "-f", str(cfg), "-db"]),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True)
         pump_lines(proc.stdout, "haproxy", rec.logs.append)
         wait_http(port, rec.variant.health_check.path)  # one target: 200 means it is UP
         rec.sampler.target_state = haproxy.target_states(sock)
@@ -234,9 +230,7 @@ def load_balancer(rec: Recording) -> Iterator[int]:
         yield port
     finally:
         rec.sampler.haproxy_socket = None
-        remove(cgroup)  # kills HAProxy
-        if proc is not None:
-            proc.wait(5)
+        stop_group(proc)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
