@@ -8,7 +8,9 @@ visible note when the API is unreachable, has no credentials or answers somethin
 parse. Mixing live and embedded figures silently would hide where a number came from, so a
 fallback is all-or-nothing for one region.
 
-What is asked of the Price List API (decided here, documented in the README):
+What is asked of the Price List API (decided here, documented in the README). Every query also
+filters locationType="AWS Region", and each price must come from exactly one matching product
+(none or several: the embedded table is used, with a note saying what matched):
 - instances: AmazonEC2, TERM_MATCH instanceType, regionCode, operatingSystem=Linux,
   tenancy=Shared, preInstalledSw=NA, capacitystatus=Used (unit Hrs)
 - ALB hour and LCU-hour: AWSELB, productFamily "Load Balancer-Application"; the hour is the
@@ -32,6 +34,9 @@ from experiments.errors import UserError
 from stacks.catalog import load_catalog
 
 PRICING_API_REGION = "us-east-1"
+LOCATION_TYPE = "AWS Region"
+"""Local Zones, Wavelength zones and Outposts share their parent's regionCode; this keeps them
+out, so a query matches the region's own product (and exactly one is then required)."""
 
 
 @dataclass(frozen=True)
@@ -108,8 +113,9 @@ def _filters(**terms: str) -> list[dict[str, str]]:
 
 
 def _products(client: Any, service: str, **terms: str) -> list[dict[str, Any]]:
-    """Every product matching the filters, each PriceList JSON string decoded."""
+    """Every product matching the filters (always in the region itself), JSON decoded."""
     items: list[dict[str, Any]] = []
+    terms = {**terms, "locationType": LOCATION_TYPE}
     kwargs: dict[str, Any] = {"ServiceCode": service, "Filters": _filters(**terms),
                               "FormatVersion": "aws_v1", "MaxResults": 100}
     while True:
@@ -150,10 +156,17 @@ def _usagetype(item: dict[str, Any]) -> str:
 
 def _one_price(items: list[dict[str, Any]], what: str,
                usagetype_suffix: str | None = None) -> float:
+    """The price of the one product that matched; none or several is an error, not a guess
+    (several means the filters are not specific enough: taking the first could price a Local
+    Zone, a reserved capacity or another OS)."""
     if usagetype_suffix is not None:
         items = [i for i in items if _usagetype(i).endswith(usagetype_suffix)]
     if not items:
         raise PriceListError(f"the price list has no product for {what}")
+    if len(items) > 1:
+        kinds = ", ".join(sorted({_usagetype(i) or "?" for i in items}))
+        raise PriceListError(f"the price list has {len(items)} products for {what} where one "
+                             f"was expected (usagetypes: {kinds})")
     return _on_demand_usd(items[0])
 
 

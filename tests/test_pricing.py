@@ -38,6 +38,8 @@ def _client() -> Any:
 
 
 def _filters(**terms: str) -> list[dict[str, str]]:
+    """Every query also asks for locationType "AWS Region" (no Local Zone, no Outpost)."""
+    terms = {**terms, "locationType": "AWS Region"}
     return [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in terms.items()]
 
 
@@ -183,3 +185,19 @@ def test_cost_command_with_live_prices(monkeypatch: pytest.MonkeyPatch,
     data = json.loads(capsys.readouterr().out)
     assert data[0]["items"]["instances"] == 0.012
     assert data[0]["price_source"].startswith("AWS Price List API")
+
+
+def test_two_matching_products_are_not_guessed_between(tmp_path: Path) -> None:
+    """Taking the first of several matches could price the wrong product: fall back, say why."""
+    client = _client()
+    with Stubber(client) as stub:
+        _expect(stub, "AmazonEC2", [_item("0.0117"), _item("0.0139", "USE1-HostBoxUsage:t2.micro")],
+                instanceType="t2.micro", regionCode="us-east-1", operatingSystem="Linux",
+                tenancy="Shared", preInstalledSw="NA", capacitystatus="Used")
+        table = live_prices("us-east-1", ["t2.micro"], client=client, cache=tmp_path,
+                            today=TODAY)
+        stub.assert_no_pending_responses()
+    assert table.source.startswith("embedded")
+    note = table.notes[-1]
+    assert "2 products for t2.micro in us-east-1 where one was expected" in note
+    assert "USE1-HostBoxUsage:t2.micro" in note and "embedded prices" in note
