@@ -47,6 +47,8 @@ class DeclaredResource:
     """URN of the parent resource ("" for children of the stack)."""
     custom: bool = True
     """False for component resources (scalelab:...)."""
+    dependencies: list[str] = field(default_factory=list)
+    """URNs it waits for: `depends_on` plus those its inputs come from."""
 
 
 @dataclass
@@ -160,13 +162,13 @@ def _run(variant: Variant, mocks: ScalelabMocks) -> ProgramRun:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     monitor = pulumi_mocks.MockMonitor(mocks)
-    registered: list[tuple[str, str, str, str, str, bool]] = []
+    registered: list[tuple[str, str, str, str, str, bool, list[str]]] = []
     register = monitor.RegisterResource
 
     def recording_register(request: Any) -> Any:
         response = register(request)
         registered.append((request.type, request.name, response.urn, response.id,
-                           request.parent, bool(request.custom)))
+                           request.parent, bool(request.custom), list(request.dependencies)))
         return response
 
     monitor.RegisterResource = recording_register  # type: ignore[method-assign]
@@ -202,8 +204,9 @@ def _run(variant: Variant, mocks: ScalelabMocks) -> ProgramRun:
     resources = [
         DeclaredResource(type=typ, name=name, inputs=mocks.inputs.get(f"{typ}::{name}", {}),
                          urn=urn, id=rid, parent="" if parent == stack_urn else parent,
-                         custom=custom)
-        for typ, name, urn, rid, parent, custom in registered if typ != "pulumi:pulumi:Stack"
+                         custom=custom, dependencies=deps)
+        for typ, name, urn, rid, parent, custom, deps in registered
+        if typ != "pulumi:pulumi:Stack"
     ]
     return ProgramRun(resources=resources, outputs=outputs, invokes=list(mocks.invokes))
 

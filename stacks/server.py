@@ -101,18 +101,21 @@ class WebServer(pulumi.ComponentResource):
             description=f"scalelab {variant.name} web server {args.index}", tags=tags,
             opts=child)
         partition = aws.get_partition_output(opts=pulumi.InvokeOptions(parent=self)).partition
+        # The instance refers to the profile only: without depends_on it may boot (and run
+        # cloud-init's S3 fetch, SSM and CloudWatch agent) before its permissions exist.
+        permissions: list[pulumi.Resource] = []
         for policy in MANAGED_POLICIES:
-            aws.iam.RolePolicyAttachment(
+            permissions.append(aws.iam.RolePolicyAttachment(
                 f"{name}-{policy}", role=role.name,
                 policy_arn=pulumi.Output.concat("arn:", partition, ":iam::aws:policy/", policy),
-                opts=child)
+                opts=child))
         if args.bundle_object_arn is not None:
-            aws.iam.RolePolicy(
+            permissions.append(aws.iam.RolePolicy(
                 f"{name}-read-bundle", role=role.id,
                 policy=pulumi.Output.from_input(args.bundle_object_arn).apply(
                     lambda arn: json.dumps({"Version": "2012-10-17", "Statement": [{
                         "Effect": "Allow", "Action": "s3:GetObject", "Resource": arn}]})),
-                opts=child)
+                opts=child))
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags,
                                           opts=child)
 
@@ -132,10 +135,13 @@ class WebServer(pulumi.ComponentResource):
             root_block_device={"volume_type": "gp3", "volume_size": variant.root_volume_gib,
                                "encrypted": True, "delete_on_termination": True,
                                "tags": resource_tags(variant, f"{role_name}-root")},
+            # 1-minute EC2 metrics instead of 5-minute ones (the CPU credit metrics stay
+            # 5-minute whatever this says); the agent adds 10 s CPU, memory and swap.
+            monitoring=True,
             credit_specification=({"cpu_credits": variant.credit_mode} if it.burstable
                                   else None),
             tags=tags,
-            opts=child)
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*permissions, profile]))
 
         self.instance_id = instance.id
         self.public_dns = instance.public_dns

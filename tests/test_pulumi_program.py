@@ -319,3 +319,19 @@ def test_declared_resources_is_repeatable_and_feeds_the_cost_model() -> None:
     bom = bill_of_materials(first, variant)
     assert bom.instances == {"t2.micro": 3} and bom.alb and bom.alb_subnets == 2
     assert bom.root_gb == 24 and bom.public_ipv4 == 3 + 2
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_instances_wait_for_their_permissions_and_have_detailed_monitoring(
+        runs: dict[str, ProgramRun], name: str) -> None:
+    """Issue 12 #7: the instance must not boot before its role may read the bundle, talk to
+    SSM and publish metrics; #2: 1-minute EC2 metrics."""
+    run = runs[name]
+    for inst in run.of_type(INSTANCE):
+        server = inst.parent  # the WebServer component
+        needed = [r.urn for r in run.resources if r.parent == server and r.type in (
+            "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "aws:iam/rolePolicy:RolePolicy",
+            "aws:iam/instanceProfile:InstanceProfile")]
+        assert len(needed) == 4  # two managed policies, the bundle read policy, the profile
+        assert set(needed) <= set(inst.dependencies)
+        assert inst.inputs["monitoring"] is True
