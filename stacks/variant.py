@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +27,29 @@ DEFAULT_REGION = "us-east-1"
 OS_RESERVE_MIB = 350
 """Memory the OS and its services keep on a real instance (the seed's t2.micro: 949 MiB total,
 ~418 MiB used before the app got busy). The local backend's cgroup gets memory − this."""
+
+MAX_NAME_LENGTH = 17
+"""Pulumi autonames the ALB `<variant>-lb-alb-<7 random>`, and AWS allows 32 characters for an
+ALB or target group name: 17 + len("-lb-alb") + 8 = 32. Bucket (63) and IAM role (64) names are
+longer than that, so they fit too."""
+_NAME = re.compile(r"^[a-z](?:[a-z0-9]|-(?!-))*(?<!-)$")
+RESERVED_PREFIXES = ("internal", "sthree-", "xn--")
+"""An ALB name may not begin with "internal-", an S3 bucket name not with "sthree-" or "xn--"."""
+
+
+def variant_name_problem(name: str) -> str:
+    """What is wrong with a variant (= stack) name for the AWS names derived from it, or ""."""
+    if not _NAME.match(name):
+        return ("must be lowercase letters, digits and single hyphens, starting with a letter and "
+                "not ending with a hyphen (it becomes part of S3 bucket and load balancer names)")
+    if len(name) > MAX_NAME_LENGTH:
+        return (f"is {len(name)} characters long; at most {MAX_NAME_LENGTH} keep the load "
+                "balancer and target group names Pulumi derives from it within AWS's 32")
+    if name.startswith(RESERVED_PREFIXES):
+        reserved = " or ".join(repr(p) for p in RESERVED_PREFIXES)
+        return f"may not begin with {reserved} (AWS reserves them)"
+    return ""
+
 
 WorkerClass = Literal["sync", "gthread"]
 LbAlgorithm = Literal["round_robin", "least_outstanding_requests"]
@@ -158,6 +182,11 @@ class Variant:
 
         def fail(key: str, why: str) -> VariantError:
             return VariantError(f"{where}: {PROJECT}:{key} {why}.")
+
+        name_problem = variant_name_problem(self.name)
+        if name_problem:
+            raise VariantError(f"{where}: the variant name {self.name!r} {name_problem}; rename "
+                               "the stack file (stacks/Pulumi.<variant>.yaml).")
 
         catalog = load_catalog()
         if self.instance_type not in catalog.instance_types:
