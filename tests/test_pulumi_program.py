@@ -17,7 +17,7 @@ import yaml
 
 from stacks.preview import DeclaredResource, ProgramRun, declared_resources, run_program
 from stacks.variant import AppSource, Network, VariantError, load_variant
-from userdata.render import APP_PORT, AppFetch, render_user_data
+from userdata.render import APP_PORT, AppFetch, render_user_data, unit_gunicorn_args
 
 VARIANTS = ("micro", "micro-swap", "scale-up", "scale-out")
 INSTANCE = "aws:ec2/instance:Instance"
@@ -101,7 +101,7 @@ def test_userdata_has_swap_only_when_configured_and_the_gunicorn_flags(
             assert "/swapfile" not in text
         args = exec_start(inst)
         assert args[0] == "/opt/scalelab/venv/bin/gunicorn"
-        assert args[1:] == variant.gunicorn_args(f"0.0.0.0:{APP_PORT}")
+        assert args[1:] == unit_gunicorn_args(variant)
     workers = {"micro": "2", "micro-swap": "2", "scale-up": "5", "scale-out": "2"}[name]
     flags = exec_start(run.of_type(INSTANCE)[0])
     assert flags[flags.index("--workers") + 1] == workers

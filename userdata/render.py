@@ -47,6 +47,8 @@ ENV_FILE = "/etc/scalelab/app.env"
 UNIT_NAME = "scalelab-app.service"
 """experiments/backends/aws/logs.py reads `journalctl -u scalelab-app`: keep the names in step."""
 SETUP_MARKER = f"{DATA_DIR}/.setup-done"
+BOOT_FAILED = f"{DATA_DIR}/boot-failed"
+"""Written by the boot script when a step fails: which step, and its exit status."""
 SCRIPT_DIR = "/usr/local/sbin"
 CW_AGENT_CONFIG = "/opt/aws/amazon-cloudwatch-agent/etc/scalelab.json"
 SHOP_PACKAGES = ("django", "gunicorn")
@@ -116,6 +118,14 @@ def swap_script(variant: Variant) -> Script | None:
         "fi",
         "grep -q '^/swapfile ' /etc/fstab || echo '/swapfile none swap sw 0 0' >> /etc/fstab",
         "sysctl -p /etc/sysctl.d/90-scalelab-swap.conf",
+        "# Measuring micro-swap without its swap would be a silent lie: check what is on.",
+        "size=$(swapon --show=NAME,SIZE --bytes --noheadings | awk '$1 == \"/swapfile\" "
+        "{print $2}')",
+        f"if [ \"${{size:-0}}\" -lt {(variant.swap_mib - 1) * 1024 * 1024} ]; then",
+        f"  echo \"scalelab: /swapfile is not on with {variant.swap_mib} MiB "
+        "(swapon shows ${size:-nothing})\" >&2",
+        "  exit 1",
+        "fi",
     )
 
 
@@ -254,9 +264,17 @@ def env_file(variant: Variant) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unit_gunicorn_args(variant: Variant) -> list[str]:
+    """`Variant.gunicorn_args` without the access log: on the measured box every request would
+    cost a journal write (nothing reads them: logs.py and the agent drop access lines)."""
+    args = variant.gunicorn_args(f"0.0.0.0:{APP_PORT}")
+    at = args.index("--access-logfile")
+    return args[:at] + args[at + 2:]
+
+
 def systemd_unit(variant: Variant) -> str:
     """Gunicorn as a service: the flags are exactly `Variant.gunicorn_args`, restart always."""
-    args = variant.gunicorn_args(f"0.0.0.0:{APP_PORT}")
+    args = unit_gunicorn_args(variant)
     exec_start = " ".join(_systemd_word(a) for a in [f"{VENV_DIR}/bin/gunicorn", *args])
     return "\n".join([
         "[Unit]",
@@ -276,6 +294,9 @@ def systemd_unit(variant: Variant) -> str:
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         "NoNewPrivileges=true",
         "KillMode=mixed",
+        "# journald's default rate limit (10,000 lines / 30 s per unit) would drop exactly the",
+        "# burst of WORKER TIMEOUT / SIGKILL lines the diagnosis needs.",
+        "LogRateLimitIntervalSec=0",
         f"TimeoutStopSec={variant.gunicorn.timeout_s + 5}",
         "",
         "[Install]",
@@ -285,10 +306,34 @@ def systemd_unit(variant: Variant) -> str:
 
 
 def scripts(variant: Variant, fetch: AppFetch) -> list[Script]:
-    """The boot steps in the order runcmd runs them."""
+    """The boot steps in the order the boot script runs them."""
     steps = [swap_script(variant), cloudwatch_script(variant), fetch_script(variant, fetch),
              install_script(variant)]
     return [s for s in steps if s is not None]
+
+
+def boot_script(steps: list[Script]) -> Script:
+    """runcmd's one command. cloud-init joins runcmd entries into a script run *without*
+    `set -e`, so a failed swap step would let the box boot on and be measured without swap.
+    This runs the steps in order, stops at the first failure, says so loudly on the console
+    (what `get_console_output` returns) and in BOOT_FAILED, and exits non-zero, which makes
+    `cloud-init status` report an error."""
+    lines = [
+        f"rm -f {BOOT_FAILED}",
+        "for step in " + " ".join(s.path for s in steps) + "; do",
+        "  status=0",
+        "  bash \"$step\" || status=$?",
+        "  if [ \"$status\" -ne 0 ]; then",
+        f"    install -d -m 0755 {DATA_DIR}",
+        f"    echo \"$step exited $status\" > {BOOT_FAILED}",
+        "    echo \"SCALELAB BOOT FAILED: $step exited $status; later steps were not run "
+        "(see /var/log/cloud-init-output.log)\" >&2",
+        "    exit 1",
+        "  fi",
+        "done",
+        f"echo 'scalelab: boot finished ({len(steps)} steps)'",
+    ]
+    return _script("scalelab-boot.sh", *lines)
 
 
 def cloud_config(variant: Variant, fetch: AppFetch = AppFetch()) -> dict:
@@ -307,12 +352,13 @@ def cloud_config(variant: Variant, fetch: AppFetch = AppFetch()) -> dict:
          "content": json.dumps(cloudwatch_config(variant), indent=2) + "\n"},
     ]
     steps = scripts(variant, fetch)
-    files += [{"path": s.path, "permissions": "0755", "content": s.body} for s in steps]
+    boot = boot_script(steps)
+    files += [{"path": s.path, "permissions": "0755", "content": s.body} for s in [*steps, boot]]
     return {
         "package_update": True,
         "packages": packages,
         "write_files": files,
-        "runcmd": [["bash", s.path] for s in steps],
+        "runcmd": [["bash", boot.path]],
     }
 
 
