@@ -12,7 +12,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -370,48 +369,6 @@ def test_unhealthy_targets_keep_the_wait_going(health_server: Any) -> None:
                      poll_s=0.05)
 
 
-def test_observe_turns_cloudwatch_data_into_samples(aws: Any) -> None:
-    variant = load_variant("micro-swap")  # t2.micro: 1 vCPU, 1024 MiB; 2048 MiB swap
-    ids = _instances(aws, 2, "run-1")
-    cw = aws.client("cloudwatch")
-    now = time.time()
-    stamps = [datetime.fromtimestamp(now - 240, UTC), datetime.fromtimestamp(now - 120, UTC)]
-    for k, instance in enumerate(ids):
-        for j, stamp in enumerate(stamps):
-            dim = [{"Name": "InstanceId", "Value": instance}]
-            cw.put_metric_data(Namespace="AWS/EC2", MetricData=[
-                {"MetricName": "CPUUtilization", "Dimensions": dim, "Timestamp": stamp,
-                 "Value": 50.0 + 40 * j, "Unit": "Percent"},
-                {"MetricName": "CPUCreditBalance", "Dimensions": dim, "Timestamp": stamp,
-                 "Value": 30.0 - 10 * j},
-                {"MetricName": "CPUSurplusCreditsCharged", "Dimensions": dim, "Timestamp": stamp,
-                 "Value": 1.5}])
-            # the agent adds its own dimensions (host): discovery must still find them
-            agent_dims = [*dim, {"Name": "host", "Value": f"ip-10-0-0-{k}"}]
-            cw.put_metric_data(Namespace="CWAgent", MetricData=[
-                {"MetricName": "mem_used_percent", "Dimensions": agent_dims, "Timestamp": stamp,
-                 "Value": 50.0 + 25 * j, "Unit": "Percent"},
-                {"MetricName": "swap_used_percent", "Dimensions": agent_dims, "Timestamp": stamp,
-                 "Value": 25.0 * j, "Unit": "Percent"}])
-    deployment = AwsDeployment(variant=variant, url="http://127.0.0.1:9", instance_ids=ids,
-                               started_at=now - 600, region=REGION, session=aws)
-    observed = deployment.observe()
-    assert len(observed.signals) == 4
-    first = [s for s in observed.signals if s.instance == ids[0]]
-    assert [s.t for s in first] == pytest.approx([st.timestamp() for st in stamps], abs=1)
-    mib = 1024 * 1024
-    assert first[0].cpu_used_cores == pytest.approx(0.5)
-    assert first[1].cpu_used_cores == pytest.approx(0.9)
-    assert first[0].cpu_limit_cores == 1.0
-    assert first[0].memory_bytes == 512 * mib and first[1].memory_bytes == 768 * mib
-    assert first[0].memory_limit_bytes == 1024 * mib
-    assert first[0].swap_bytes == 0 and first[1].swap_bytes == 512 * mib
-    assert [s.credit_balance for s in first] == [30.0, 20.0]
-    assert [s.surplus_credits for s in first] == [1.5, 3.0]  # cumulative, as billed
-    # moto runs the SSM command but returns no output: no lines, and no crash
-    assert [line for line in observed.logs if line.source != "backend:aws"] == []
-
-
 class _StubSession:
     """A session whose chosen clients are Stubber-driven; others come from the real one."""
 
@@ -458,7 +415,8 @@ def test_ssm_and_cloudwatch_failures_are_notes_not_crashes(aws: Any) -> None:
     cw = boto3.client("cloudwatch", region_name=REGION)
     with Stubber(ssm) as ssm_stub, Stubber(cw) as cw_stub:
         ssm_stub.add_client_error("send_command", "InvalidInstanceId", "not managed by SSM")
-        cw_stub.add_client_error("list_metrics", "AccessDenied", "no cloudwatch:ListMetrics")
+        cw_stub.add_client_error("get_metric_data", "AccessDenied",
+                                 "no cloudwatch:GetMetricData")
         deployment = AwsDeployment(variant=load_variant("micro"), url="http://127.0.0.1:9",
                                    instance_ids=["i-1"], started_at=time.time() - 60,
                                    region=REGION, session=_StubSession(aws, ssm=ssm,
@@ -589,7 +547,8 @@ def test_logs_fall_back_to_the_stacks_log_group_when_ssm_has_nothing(aws: Any) -
                             logEvents=[{"timestamp": t0 + k * 1000, "message": m} for m in texts])
     deployment = AwsDeployment(variant=load_variant("micro"), url="http://127.0.0.1:9",
                                instance_ids=[instance], started_at=time.time() - 60,
-                               region=REGION, session=aws, log_group="scalelab-micro")
+                               region=REGION, session=aws, log_group="scalelab-micro",
+                               last_interval_timeout_s=0)
     lines = [ln for ln in deployment.observe().logs if ln.source != "backend:aws"]
     assert [(ln.source, ln.t) for ln in lines] == [
         (f"kernel:{instance}", t0 / 1000), (f"gunicorn:{instance}", t0 / 1000 + 1)]

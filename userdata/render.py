@@ -40,6 +40,8 @@ APP_PORT = 80
 """Gunicorn listens here on every instance; the ALB's target group and the SGs use it too."""
 METRICS_NAMESPACE = "scalelab"
 METRICS_INTERVAL_S = 10
+METRICS_FLUSH_S = 10
+"""The agent's force_flush_interval (default 60 s): how long a sample may wait before upload."""
 APP_DIR = "/opt/scalelab/app"
 VENV_DIR = "/opt/scalelab/venv"
 DATA_DIR = "/var/lib/scalelab"
@@ -222,16 +224,20 @@ def cloudwatch_config(variant: Variant) -> dict:
         "agent": {"metrics_collection_interval": METRICS_INTERVAL_S, "omit_hostname": True},
         "metrics": {
             "namespace": METRICS_NAMESPACE,
+            "force_flush_interval": METRICS_FLUSH_S,
             "append_dimensions": {"InstanceId": "${aws:InstanceId}"},
+            # Also one series per metric with InstanceId as its only dimension (the cpu plugin
+            # adds `cpu: cpu-total`): the AWS backend asks for exactly these, no ListMetrics.
+            "aggregation_dimensions": [["InstanceId"]],
             "metrics_collected": {
                 "mem": {"measurement": ["mem_used_percent", "mem_available"]},
                 "swap": {"measurement": ["swap_used_percent", "swap_used"]},
                 "cpu": {"totalcpu": True,
-                        "measurement": ["cpu_usage_user", "cpu_usage_system", "cpu_usage_steal",
-                                        "cpu_usage_iowait"]},
+                        "measurement": ["cpu_usage_idle", "cpu_usage_user", "cpu_usage_system",
+                                        "cpu_usage_steal", "cpu_usage_iowait"]},
             },
         },
-        "logs": {"logs_collected": {"files": {"collect_list": [
+        "logs": {"force_flush_interval": 5, "logs_collected": {"files": {"collect_list": [
             {"file_path": "/var/log/kern.log", "log_group_name": group,
              "log_stream_name": "{instance_id}/kernel"},
             {"file_path": "/var/log/syslog", "log_group_name": group,

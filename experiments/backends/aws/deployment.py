@@ -8,9 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from experiments.backends.aws.logs import collect_log_group, collect_logs, note
-from experiments.backends.aws.signals import InstanceShape, collect_signals
+from experiments.backends.aws.signals import (
+    CREDIT_NOTE,
+    InstanceShape,
+    collect_signals,
+    wait_for_last_interval,
+)
 from experiments.backends.base import Deployment
+from experiments.catalog import load_catalog
 from experiments.model import LogLine, Observations
+from userdata.render import METRICS_INTERVAL_S
 
 
 @dataclass
@@ -20,8 +27,9 @@ class AwsDeployment(Deployment):
     log_group: str = ""
     """The stack's CloudWatch Logs group: where logs come from when SSM cannot deliver them."""
     session: Any = field(default=None, repr=False)
-    period_s: int = 60
-    """CloudWatch period: 60 s needs detailed monitoring on the instances (else 5-min points)."""
+    last_interval_timeout_s: float = 150.0
+    """How long observe() waits for the agent's last interval to reach CloudWatch."""
+    last_interval_poll_s: float = 5.0
     ssm_timeout_s: float = 90.0
     on_output: Callable[[str], None] | None = field(default=None, repr=False)
 
@@ -38,12 +46,23 @@ class AwsDeployment(Deployment):
         now = time.time()
         observations = Observations()
         try:
-            observations.signals = collect_signals(
-                self._client("cloudwatch"), self.instance_ids, self.started_at, now,
-                self.shape(), self.period_s)
+            cloudwatch = self._client("cloudwatch")
+            missing = wait_for_last_interval(cloudwatch, self.instance_ids, now,
+                                             self.last_interval_timeout_s,
+                                             self.last_interval_poll_s)
+            if missing:
+                observations.logs.append(note(now, "CloudWatch had no agent data for the last "
+                                                   f"{METRICS_INTERVAL_S} s of "
+                                                   f"{', '.join(missing)} after waiting "
+                                                   f"{self.last_interval_timeout_s:g} s; the "
+                                                   "last samples may be missing"))
+            observations.signals = collect_signals(cloudwatch, self.instance_ids,
+                                                   self.started_at, now, self.shape())
         except Exception as exc:
             observations.logs.append(note(now, f"CloudWatch get_metric_data failed, no signals "
                                                f"collected: {exc}"))
+        if load_catalog().instance(self.variant.instance_type).burstable:
+            observations.logs.append(note(now, CREDIT_NOTE))
         try:
             observations.logs.extend(collect_logs(self._client("ssm"), self.instance_ids,
                                                   self.started_at, self.ssm_timeout_s))
