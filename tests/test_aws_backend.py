@@ -38,8 +38,10 @@ COMMAND_ID = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
 # ---- fixtures ---------------------------------------------------------------------------
 
 @pytest.fixture(autouse=True)
-def fake_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Fake credentials only, no ~/.aws, no metadata service (169.254.169.254 is not loopback)."""
+def fake_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """Fake credentials only, no ~/.aws, no metadata service (169.254.169.254 is not loopback),
+    and moto around every test: a code path that reaches boto3 unexpectedly (evidence, sweep)
+    must never leave this process."""
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
                  "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE",
                  "PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE"):
@@ -50,6 +52,8 @@ def fake_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    with mock_aws():
+        yield
 
 
 @pytest.fixture
@@ -186,8 +190,18 @@ def test_deployed_runs_select_config_up_health_destroy_in_order(tmp_path: Path,
     assert any("Instance web-0 created" in line for line in lines)  # output was streamed
 
 
-def test_overrides_of_the_stack_file_become_run_config(tmp_path: Path,
-                                                       health_server: Any) -> None:
+def swap_checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], int]]:
+    """Record the on-instance swap check instead of running it over SSM (tests of its own in
+    test_aws_lifecycle.py)."""
+    seen: list[tuple[list[str], int]] = []
+    monkeypatch.setattr("experiments.backends.aws.backend.verify_swap",
+                        lambda session, region, ids, mib, timeout: seen.append((ids, mib)))
+    return seen
+
+
+def test_overrides_of_the_stack_file_become_run_config(tmp_path: Path, health_server: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    checked = swap_checks(monkeypatch)
     ws = FakeWorkspace(outputs={"url": serve_url(health_server), "instance_ids": ["i-1"]})
     variant = load_variant("micro").with_overrides(gunicorn=GunicornSettings(workers=4),
                                                    swap_mib=1024)
@@ -195,6 +209,7 @@ def test_overrides_of_the_stack_file_become_run_config(tmp_path: Path,
         pass
     assert ws.up_config["scalelab:gunicorn"]["workers"] == 4
     assert ws.up_config["scalelab:swapMib"] == 1024
+    assert checked == [(["i-1"], 1024)]  # verified on the instance before measuring
     assert ws.up_config["scalelab:count"] == 1  # kept from the file
     assert "scalelab:ami" not in ws.up_config  # not in the file and not overridden
     assert "scalelab:app" not in ws.up_config
@@ -340,7 +355,9 @@ def _instances(session: Any, n: int, run_id: str | None, sg: str | None = None) 
 
 
 def test_scale_out_waits_for_every_target_to_be_healthy(tmp_path: Path, aws: Any,
-                                                        health_server: Any) -> None:
+                                                        health_server: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    swap_checks(monkeypatch)
     vpc, _ = _network(aws)
     ids = _instances(aws, 3, "run-1")
     elbv2 = aws.client("elbv2")

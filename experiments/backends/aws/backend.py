@@ -26,6 +26,7 @@ from experiments.backends.aws.automation import (
     write_run_config,
 )
 from experiments.backends.aws.deployment import AwsDeployment
+from experiments.backends.aws.evidence import save_evidence, verify_swap
 from experiments.backends.aws.health import wait_healthy
 from experiments.backends.aws.state import LocalState
 from experiments.backends.aws.sweep import (
@@ -61,13 +62,16 @@ class AwsBackend:
     name = "aws"
     health_poll_s: float = 5.0
     sweep_retry_s: float = 10.0
+    lock_wait_s: float = 300.0
+    """How long destroy waits for a stack lock an interrupted `pulumi up` still holds."""
+    lock_poll_s: float = 5.0
 
     def __init__(self, project_dir: Path = PROJECT_DIR, state_dir: Path | None = None,
                  run_id: str = "manual", max_usd: float | None = None,
                  estimate_usd: Callable[[Variant], float] | None = None,
                  workspace_factory: Callable[..., Any] | None = None,
                  session: Any | None = None, on_output: Callable[[str], None] | None = None,
-                 health_timeout_s: float = 600) -> None:
+                 health_timeout_s: float = 600, evidence_dir: Path | None = None) -> None:
         self.project_dir = Path(project_dir)
         self.state_dir = Path(state_dir or DEFAULT_STATE_DIR).expanduser()
         self.run_id = run_id
@@ -77,6 +81,9 @@ class AwsBackend:
         self._session = session
         self._on_output = on_output
         self.health_timeout_s = health_timeout_s
+        self.evidence_dir = Path(evidence_dir) if evidence_dir is not None else None
+        """The run folder: a stack that fails to come up leaves its boot evidence in
+        <evidence_dir>/<variant>/boot-evidence (default: under the state directory)."""
         self._state = LocalState(self.state_dir)
         self._console: Any = None
 
@@ -130,13 +137,19 @@ class AwsBackend:
     # ---- one deployment ---------------------------------------------------------------------
     @contextmanager
     def deployed(self, variant: Variant) -> Iterator[AwsDeployment]:
-        """select → config → up → wait healthy → yield → destroy (in `finally`, always)."""
+        """select → config → up → wait healthy → check swap → yield → destroy (in `finally`).
+
+        Ctrl-C during `up` leaves the interrupted CLI holding the stack lock for a while: the
+        update is cancelled, destroy (with refresh) waits for the lock, and the run's tagged
+        resources are swept as the last resort (resources a cancelled update created but never
+        recorded are not in Pulumi's state)."""
         run_id = self.run_id if self.run_id != MANUAL_RUN else variant.run_id
         self._state.remember_region(variant.region)
         self._state.mark_running(run_id)
         stack: Any = None
         config_file: Path | None = None
         failure: BaseException | None = None
+        up_interrupted = False
         try:
             stack = open_stack(self._factory, variant.name, self.project_dir,
                                pulumi_env(self.state_dir))
@@ -144,9 +157,20 @@ class AwsBackend:
                                            self._config_dir(run_id))
             self._state.add_pending_stack(variant.name, run_id, variant.region)
             started = time.time()
-            outputs = self._up(stack, variant.name, config_file)
+            try:
+                outputs = self._up(stack, variant.name, config_file)
+            except KeyboardInterrupt:
+                up_interrupted = True
+                raise
             deployment = self._deployment(variant, outputs, started)
-            self._wait_healthy(deployment)
+            try:
+                self._wait_healthy(deployment)
+                if variant.swap_mib > 0:
+                    verify_swap(self.session, deployment.region, deployment.instance_ids,
+                                variant.swap_mib, deployment.ssm_timeout_s)
+            except UserError:
+                self._save_evidence(deployment, run_id)
+                raise
             yield deployment
         except BaseException as exc:
             failure = exc
@@ -154,7 +178,7 @@ class AwsBackend:
         finally:
             try:
                 if stack is not None and config_file is not None:
-                    self._destroy(stack, variant.name, config_file, failure)
+                    self._teardown(stack, variant, run_id, config_file, failure, up_interrupted)
             finally:
                 self._state.unmark_running(run_id)
 
@@ -201,23 +225,89 @@ class AwsBackend:
             expected_targets=deployment.variant.count if tg else 0)
         deployment.extra["healthy_after_s"] = round(waited, 1)
 
+    def evidence_folder(self, variant_name: str, run_id: str) -> Path:
+        base = self.evidence_dir or self.state_dir / "evidence" / run_id
+        return base / variant_name / "boot-evidence"
+
+    def _save_evidence(self, deployment: AwsDeployment, run_id: str) -> None:
+        """Before `finally` destroys the instances: their console and cloud-init log."""
+        folder = self.evidence_folder(deployment.variant.name, run_id)
+        try:
+            save_evidence(self.session, deployment.region, deployment.instance_ids, folder,
+                          self._emit, deployment.ssm_timeout_s)
+        except Exception as exc:  # evidence is a courtesy: never hide the real error
+            self._emit(f"saving the boot evidence in {folder} failed: {exc}")
+
+    # ---- teardown ------------------------------------------------------------------------------
+    def _teardown(self, stack: Any, variant: Variant, run_id: str, config_file: Path,
+                  failure: BaseException | None, up_interrupted: bool) -> None:
+        if up_interrupted:
+            self._cancel(stack, variant.name)
+        destroyed = self._destroy(stack, variant.name, config_file, failure,
+                                  refresh=up_interrupted)
+        if up_interrupted or not destroyed:
+            self._sweep_run(variant, run_id)
+
+    def _cancel(self, stack: Any, name: str) -> None:
+        """Release the lock of the interrupted update (`pulumi cancel`; DIY backends delete the
+        lock file). "No update in progress" is fine: the CLI may have finished on its own."""
+        self._emit(f"pulumi cancel: stack {name} (up was interrupted)")
+        try:
+            stack.cancel()
+        except BaseException as exc:  # a second Ctrl-C too: destroy must still be tried
+            self._emit(f"pulumi cancel of stack {name!r} did not run ({error_line(exc)}); "
+                       "waiting for the interrupted update's lock instead.")
+
     def _destroy(self, stack: Any, name: str, config_file: Path | None,
-                 failure: BaseException | None) -> None:
-        """Destroy but keep the stack and its config (`remove` would delete the stack file)."""
-        self._emit(f"pulumi destroy: stack {name}")
+                 failure: BaseException | None, refresh: bool = False) -> bool:
+        """Destroy but keep the stack and its config (`remove` would delete the stack file).
+        A stack lock still held (ConcurrentUpdateError) is waited out up to lock_wait_s."""
+        from pulumi.automation.errors import ConcurrentUpdateError
+
+        self._emit(f"pulumi destroy{' --refresh' if refresh else ''}: stack {name}")
         kwargs: dict[str, Any] = {"on_output": self._emit}
         if config_file is not None and config_file.exists():
             kwargs["config_file"] = str(config_file)
-        try:
-            stack.destroy(**kwargs)
-        except BaseException as exc:  # also a second Ctrl-C: say what is left, then stop
-            message = (f"pulumi destroy of stack {name!r} failed ({error_line(exc)}); its "
-                       f"resources may still cost money: {LEFTOVERS_HINT}.")
-            if failure is None:
-                raise UserError(message) from None
-            self._emit(message)  # do not hide the error that brought us here
-            return
+        if refresh:
+            kwargs["refresh"] = True
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            try:
+                stack.destroy(**kwargs)
+                break
+            except ConcurrentUpdateError as exc:
+                if time.monotonic() + self.lock_poll_s <= deadline:
+                    self._emit(f"stack {name} is still locked by the interrupted update; "
+                               f"retrying destroy in {self.lock_poll_s:g} s")
+                    time.sleep(self.lock_poll_s)
+                    continue
+                return self._destroy_failed(name, exc, failure)
+            except BaseException as exc:  # also a second Ctrl-C: say what is left, then stop
+                return self._destroy_failed(name, exc, failure)
         self._state.drop_pending_stack(name)
+        return True
+
+    def _destroy_failed(self, name: str, exc: BaseException,
+                        failure: BaseException | None) -> bool:
+        message = (f"pulumi destroy of stack {name!r} failed ({error_line(exc)}); its "
+                   f"resources may still cost money: {LEFTOVERS_HINT}.")
+        if failure is None:
+            raise UserError(message) from None
+        self._emit(message)  # do not hide the error that brought us here
+        return False
+
+    def _sweep_run(self, variant: Variant, run_id: str) -> None:
+        """Last resort: delete what is tagged with this run and variant, with boto3."""
+        if run_id == MANUAL_RUN:
+            return
+        try:
+            found = [r for r in find_tagged(self.session, [variant.region])
+                     if r.run_id == run_id and r.variant == variant.name]
+            for r in delete_resources(self.session, found, self._emit, self.sweep_retry_s):
+                self._emit(f"swept {r.kind} {r.ident} ({r.region}) of run {run_id}")
+        except BaseException as exc:
+            self._emit(f"sweeping the resources tagged run-id={run_id} failed ({exc}); "
+                       f"{LEFTOVERS_HINT}.")
 
     # ---- leftovers -----------------------------------------------------------------------------
     def _regions(self) -> list[str]:

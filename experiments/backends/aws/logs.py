@@ -137,3 +137,40 @@ def collect_log_group(logs: Any, group: str, instance: str, since: float,
             lines.append(LogLine(t=event["timestamp"] / 1000, source=f"{kind}:{instance}",
                                  text=match.group(1) if match else text))
     return lines
+
+
+def run_script(ssm: Any, instance_ids: list[str], commands: list[str], comment: str,
+               timeout_s: float = 90.0, poll_s: float = 2.0) -> dict[str, dict[str, str]]:
+    """Run shell commands on every instance; instance -> {status, stdout, stderr}. A command
+    that could not be sent or did not finish shows up as a status, never as an exception."""
+    if not instance_ids:
+        return {}
+    try:
+        command = ssm.send_command(
+            InstanceIds=instance_ids, DocumentName="AWS-RunShellScript", Comment=comment,
+            Parameters={"commands": commands, "executionTimeout": ["60"]},
+            TimeoutSeconds=max(30, int(timeout_s)))["Command"]
+    except Exception as exc:
+        return {i: {"status": "NotSent", "stdout": "", "stderr": str(exc)} for i in instance_ids}
+    deadline = time.monotonic() + timeout_s
+    results: dict[str, dict[str, str]] = {}
+    for instance in instance_ids:
+        while True:
+            try:
+                got = ssm.get_command_invocation(CommandId=command["CommandId"],
+                                                 InstanceId=instance)
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+                if code != "InvocationDoesNotExist" or time.monotonic() > deadline:
+                    results[instance] = {"status": "Unknown", "stdout": "", "stderr": str(exc)}
+                    break
+                time.sleep(poll_s)
+                continue
+            status = got.get("Status", "")
+            if status in TERMINAL or time.monotonic() > deadline:
+                results[instance] = {"status": status,
+                                     "stdout": got.get("StandardOutputContent", ""),
+                                     "stderr": got.get("StandardErrorContent", "")}
+                break
+            time.sleep(poll_s)
+    return results
