@@ -121,7 +121,7 @@ def make_run_backend(plan: RunPlan) -> Backend:
             return price_variant(variant).hourly_usd * hours
 
         backend = make_backend("aws", run_id=plan.run_id, max_usd=plan.max_usd,
-                               estimate_usd=estimate)
+                               estimate_usd=estimate, evidence_dir=plan.out / plan.run_id)
     backend.preflight(plan.variants)
     return backend
 
