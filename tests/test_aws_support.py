@@ -191,7 +191,10 @@ elif cmd == "up":
     time.sleep(float(scenario.get("up_hold_s", 0)))
     print("+  aws:ec2/instance:Instance web-0 created")
     lock.unlink()
-    (home / "outputs.json").write_text(json.dumps(scenario.get("outputs", {})))
+    made = home / "hook-outputs.json"  # what an up hook created (ids, names)
+    outputs = {**scenario.get("outputs", {}), **(json.loads(made.read_text()) if made.exists()
+                                                 else {})}
+    (home / "outputs.json").write_text(json.dumps(outputs))
     attempt("up")
 elif cmd == "cancel":
     attempt("cancel")
