@@ -15,8 +15,8 @@ from experiments.backends.aws.signals import (
     wait_for_last_interval,
 )
 from experiments.backends.base import Deployment
-from experiments.catalog import load_catalog
 from experiments.model import LogLine, Observations
+from stacks.catalog import load_catalog
 from userdata.render import METRICS_INTERVAL_S
 
 
