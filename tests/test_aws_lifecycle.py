@@ -214,7 +214,18 @@ def test_verify_swap_reads_swapon(shown: str, ok: bool) -> None:
         _ssm_answers(stub, "i-1", shown)
         session = StubSession(None, ssm=ssm)
         if ok:
-            verify_swap(session, REGION, ["i-1"], 2048, timeout_s=5)
+            verify_swap(session, REGION, ["i-1"], 2048, timeout_s=5, poll_s=0.01)
         else:
             with pytest.raises(UserError, match="has no swap on, not the 2048 MiB"):
-                verify_swap(session, REGION, ["i-1"], 2048, timeout_s=5)
+                verify_swap(session, REGION, ["i-1"], 2048, timeout_s=5, poll_s=0.01)
+
+
+def test_ssm_commands_wait_for_the_agent_to_register() -> None:
+    """Right after boot SSM answers InvalidInstanceId until the instance's agent registered."""
+    ssm = boto3.client("ssm", region_name=REGION, aws_access_key_id="x",
+                       aws_secret_access_key="y")
+    with Stubber(ssm) as stub:
+        stub.add_client_error("send_command", "InvalidInstanceId", "not registered yet")
+        _ssm_answers(stub, "i-1", "/swapfile 2147479552\n")
+        verify_swap(StubSession(None, ssm=ssm), REGION, ["i-1"], 2048, timeout_s=5, poll_s=0.01)
+        stub.assert_no_pending_responses()

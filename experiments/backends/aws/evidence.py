@@ -71,10 +71,10 @@ def save_evidence(session: Any, region: str, instance_ids: list[str], folder: Pa
 
 
 def verify_swap(session: Any, region: str, instance_ids: list[str], swap_mib: int,
-                timeout_s: float = 60.0) -> None:
+                timeout_s: float = 60.0, poll_s: float = 2.0) -> None:
     """Refuse to measure a swap variant whose instances do not have that swap on."""
     results = run_script(session.client("ssm", region_name=region), instance_ids, SWAP_COMMANDS,
-                         "scalelab: check swap before measuring", timeout_s)
+                         "scalelab: check swap before measuring", timeout_s, poll_s)
     want = swap_mib * 1024 * 1024
     for instance in instance_ids:
         result = results.get(instance, {"status": "Unknown", "stdout": "", "stderr": ""})

@@ -145,14 +145,22 @@ def run_script(ssm: Any, instance_ids: list[str], commands: list[str], comment: 
     that could not be sent or did not finish shows up as a status, never as an exception."""
     if not instance_ids:
         return {}
-    try:
-        command = ssm.send_command(
-            InstanceIds=instance_ids, DocumentName="AWS-RunShellScript", Comment=comment,
-            Parameters={"commands": commands, "executionTimeout": ["60"]},
-            TimeoutSeconds=max(30, int(timeout_s)))["Command"]
-    except Exception as exc:
-        return {i: {"status": "NotSent", "stdout": "", "stderr": str(exc)} for i in instance_ids}
     deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            command = ssm.send_command(
+                InstanceIds=instance_ids, DocumentName="AWS-RunShellScript", Comment=comment,
+                Parameters={"commands": commands, "executionTimeout": ["60"]},
+                TimeoutSeconds=max(30, int(timeout_s)))["Command"]
+            break
+        except Exception as exc:
+            # A fresh instance's SSM agent registers a little after boot: InvalidInstanceId
+            # until then. Anything else, or the deadline, is final.
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code != "InvalidInstanceId" or time.monotonic() + poll_s > deadline:
+                return {i: {"status": "NotSent", "stdout": "", "stderr": str(exc)}
+                        for i in instance_ids}
+            time.sleep(poll_s)
     results: dict[str, dict[str, str]] = {}
     for instance in instance_ids:
         while True:
