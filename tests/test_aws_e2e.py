@@ -23,7 +23,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 from test_aws_support import AWS_ENV_CLEARED, FakePulumi
 
-from shop.serve import PROJECT_DIR, Server, free_port, gunicorn
+from experiments.procs import free_port
+from shop.serve import PROJECT_DIR, Server, gunicorn
 from stacks.variant import GunicornSettings, Variant
 
 pytestmark = pytest.mark.slow
