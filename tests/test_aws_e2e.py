@@ -137,11 +137,13 @@ def test_run_backend_aws_from_deploy_to_report(tmp_path: Path, monkeypatch: pyte
     # deployed with Pulumi, then destroyed with Pulumi; nothing left in "AWS"
     assert fake.ops() == ["up", "destroy"]
     made = json.loads((fake.home / "hook-outputs.json").read_text())
-    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_server)
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_server,
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
     states = {i["InstanceId"]: i["State"]["Name"]
               for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
     assert {states[i] for i in made["instance_ids"]} == {"terminated"}
-    logs = boto3.client("logs", region_name="us-east-1", endpoint_url=moto_server)
+    logs = boto3.client("logs", region_name="us-east-1", endpoint_url=moto_server,
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
     assert logs.describe_log_groups(logGroupNamePrefix="/scalelab/")["logGroups"] == []
 
     # loaded the stack's own url (the shop on loopback), measured, diagnosed, priced, reported
