@@ -259,7 +259,7 @@ def _resumed(args: argparse.Namespace) -> tuple[RunStore, RunPlan]:
 
 def _example_ids(out: Path) -> str:
     ids = sorted(p.parent.name for p in out.glob("*/run.json")) if out.is_dir() else []
-    return ", ".join(ids[-3:]) if ids else "none yet"
+    return ", ".join(ids[-5:]) if ids else "none yet"
 
 
 def _stored_plan(store: RunStore, out: Path) -> RunPlan:
@@ -296,7 +296,7 @@ def _stored_plan(store: RunStore, out: Path) -> RunPlan:
     repeat = config.get("repeat", DEFAULT_REPEATS[profile.name])
     return RunPlan(
         run_id=store.run_id, backend_name=backend, variants=variants, profile=profile, slo=slo,
-        locustfile=_check_locustfile(Path(locustfile), "the stored locustfile"),
+        locustfile=_check_locustfile(PROJECT_DIR / locustfile, "the stored locustfile"),
         load_workers=check_load_workers(config.get("load_workers", 0)), out=out,
         cpu_scale=cpu_scale if backend == "local" else None,
         credits=str(config.get("credits", "launch")), max_usd=max_usd,
@@ -326,9 +326,11 @@ def _refuse_conflicts(args: argparse.Namespace, plan: RunPlan) -> None:
         if given != stored[name]:
             flag = "--" + name.replace("_", "-")
             shown = ",".join(stored[name]) if name == "variants" else stored[name]
+            typed = getattr(args, name)
+            typed = ",".join(typed) if isinstance(typed, list) else typed
             raise UserError(f"--resume {plan.run_id} uses the run's own {flag} "
-                            f"({shown if shown is not None else 'unset'}), not "
-                            f"{getattr(args, name)}; drop {flag} or start a new run.")
+                            f"({shown if shown is not None else 'unset'}), not {typed}; drop "
+                            f"{flag} or start a new run.")
 
 
 # ---- the user's code, imported in a child process ---------------------------------------

@@ -37,7 +37,7 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
 }
 _SYNTAX = re.compile(r"^\s*(?P<variant>[^:\s]+)\s*:\s*(?P<metric>[a-z0-9_]+)\s*"
-                     r"(?P<op>>=|<=|>|<)\s*(?P<value>\S+)\s*$")
+                     r"(?P<op>>=|<=|>|<)\s*(?P<value>[^\s<>=]+)\s*$")
 _FORM = "VARIANT:METRIC>=NUMBER (or <=, >, <), for example 'scale-out:capacity_rps>=60'"
 
 

@@ -90,7 +90,7 @@ def _variant_view(store: RunStore, entry: dict[str, Any], row: dict[str, Any],
 def _row_view(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "variant": r["variant"], "instances": tables.instances_text(r),
-        "capacity": tables.fmt_num(r["capacity_rps"]),
+        "capacity": tables.fmt_capacity(r),
         "p95": tables.fmt_num(r["p95_ms_at_capacity"], 0, " ms"),
         "survival": tables.fmt_survival(r), "survival_held": r["survival_held"],
         "failure_kind": r["failure_kind"] or "—",
