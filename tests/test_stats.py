@@ -63,3 +63,50 @@ def test_welch_without_spread() -> None:
     assert welch([30.0, 30.0], [30.0, 30.0]).sentence == "identical"
     differ = welch([30.0, 30.0], [35.0, 35.0])
     assert differ.significant and differ.p_value is None
+
+
+# ---- the runner's repeat loop (no deployment: each search is a stand-in result) -----------
+
+def test_repeated_searches_land_in_the_summary(tmp_path, monkeypatch) -> None:
+    import io
+    import json
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from experiments.load.capacity import CapacityResult
+    from experiments.model import Failure, Observations, Slo, StepResult, SurvivalResult
+    from experiments.profiles import get_profile
+    from experiments.results import RunStore
+    from experiments.runner import VariantRun
+    from experiments.runplan import RunPlan
+    from stacks.variant import load_variant
+
+    variant = load_variant("micro")
+    plan = RunPlan(run_id="r", backend_name="local", variants=[variant],
+                   profile=get_profile("quick"), slo=Slo(), locustfile=tmp_path / "l.py",
+                   load_workers=0, out=tmp_path, cpu_scale=None, credits="launch",
+                   max_usd=None, app_overrides={}, repeat=3)
+    store = RunStore.create(tmp_path, "r", {"variants": ["micro"]})
+
+    def result(capacity: float, p95: float) -> CapacityResult:
+        step = StepResult(offered_rps=capacity, achieved_rps=capacity, p50_ms=1, p95_ms=p95,
+                          p99_ms=1, error_rate=0, requests=100, passed=True)
+        return CapacityResult(capacity, p95, [step], (capacity, capacity * 1.05))
+
+    searches = iter([result(30.0, 100.0), result(36.0, 300.0), result(31.0, 120.0)])
+    with Progress(console=Console(file=io.StringIO())) as progress:
+        run = VariantRun(variant, plan, store, progress)
+        run._task = progress.add_task("micro")
+        monkeypatch.setattr(run, "_capacity_search", lambda deployment, i: next(searches))
+        capacity = run.capacity(deployment=None)  # type: ignore[arg-type]
+        assert capacity.capacity_rps == 31.0 and capacity.p95_ms_at_capacity == 120.0
+        assert len(capacity.steps) == 3
+        run.finish(capacity, SurvivalResult(seconds=33, held=True, limit_s=33), Observations(),
+                   Failure(), {})
+    entry = json.loads((tmp_path / "r" / "micro" / "result.json").read_text())
+    assert entry["capacity_rps"] == 31.0
+    assert entry["capacity_runs"] == [30.0, 36.0, 31.0]
+    low, high = entry["capacity_ci95"]
+    assert low < 31.0 < high and (low + high) / 2 == pytest.approx(97 / 3, abs=0.01)
+    assert entry["capacity_rsd"] == pytest.approx(3.2146 / (97 / 3), abs=1e-3)
