@@ -210,7 +210,7 @@ def _subparser(parser: argparse.ArgumentParser, name: str | None
                ) -> argparse.ArgumentParser | None:
     for action in parser._actions:  # argparse keeps subparsers here; no public accessor
         if isinstance(action, argparse._SubParsersAction) and name in action.choices:
-            return action.choices[name]  # type: ignore[no-any-return]
+            return action.choices[name]
     return None
 
 

@@ -135,12 +135,12 @@ def _new_plan(args: argparse.Namespace) -> RunPlan:
 
 # ---- numbers: finite and in a stated range ------------------------------------------------
 
-SLO_P95_MS = (1.0, 600_000.0)
-MAX_USD = (0.01, 100_000.0)
-CPU_SCALE = (0.01, 1.0)
+SLO_P95_MS: tuple[float, float] = (1.0, 600_000.0)
+MAX_USD: tuple[float, float] = (0.01, 100_000.0)
+CPU_SCALE: tuple[float, float] = (0.01, 1.0)
 """Host cores per emulated vCPU: never above 1 (an emulated vCPU is no faster than a host
 core), and the largest variant must fit on this host (checked with the variants)."""
-REPEATS = (1, 20)
+REPEATS: tuple[float, float] = (1, 20)
 DEFAULT_REPEATS = {"quick": 1, "standard": 3}
 """Capacity searches per variant when --repeat is not given. quick: 1, because it is the
 demo / CI profile and each extra search adds a whole search (about a minute per variant on two
@@ -316,7 +316,7 @@ def _refuse_conflicts(args: argparse.Namespace, plan: RunPlan) -> None:
         "health_path": plan.app_overrides.get("health_path"),
         "requirements": plan.app_overrides.get("requirements"), "repeat": plan.repeat}
     for name in RESUME_FLAGS:
-        given = getattr(args, name, None)
+        given: Any = getattr(args, name, None)
         if given is None:
             continue
         if isinstance(given, Path):
