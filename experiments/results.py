@@ -82,9 +82,10 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DamagedRunError(f"{path} is damaged (not valid JSON: {exc}); restore it, or "
-                              "delete its variant folder and measure it again with --resume."
-                              ) from None
+        advice = ("restore it from a copy (the run cannot be reopened without it)"
+                  if path.name == "run.json" else
+                  "restore it, or delete its variant folder and measure it again with --resume")
+        raise DamagedRunError(f"{path} is damaged (not valid JSON: {exc}); {advice}.") from None
     except OSError as exc:
         raise DamagedRunError(f"{path} cannot be read ({exc.strerror}).") from None
 

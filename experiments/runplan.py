@@ -154,8 +154,9 @@ def check_number(flag: str, value: float, low: float, high: float, unit: str = "
     if not isinstance(value, (int, float)) or not math.isfinite(value) or not \
             low <= value <= high:
         unit_text = f" {unit}" if unit else ""
+        shown = f"{value:g}" if isinstance(value, (int, float)) else repr(value)
         raise UserError(f"{flag} must be a number from {low:g} to {high:g}{unit_text}, got "
-                        f"{value!r}.".replace("got nan", "got nan (not a number)"))
+                        f"{shown}.")
     return value
 
 
