@@ -143,7 +143,7 @@ CASES = [
     case("report no run.json", "report {files}", 2, "not a scalelab run folder"),
     case("report truncated run.json", "report {out}/truncated", 2, "run.json is damaged"),
     case("report damaged result", "report {run}", 1, "micro/result.json is damaged",
-         "restore it"),
+         "restore it", "scale-up/steps.json is damaged", "without its charts"),
     case("report bad flag", "report --bogus {run}", 2, "scalelab report: error"),
     case("compare missing", "compare {run} /nonexistent/run", 2, "/nonexistent/run"),
     case("compare damaged run.json", "compare {run} {out}/truncated", 2, "run.json is damaged"),
