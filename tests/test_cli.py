@@ -151,3 +151,20 @@ def test_resuming_a_complete_run_judges_thresholds_and_keeps_finished_at(tmp_pat
     after = json.loads((run / "run.json").read_text())
     assert after.get("finished_at") == before.get("finished_at")
     assert after["status"] == "complete"
+
+
+def test_report_of_a_damaged_run_shows_what_it_can(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(RUN_FIXTURE, run)
+    (run / "micro" / "result.json").write_text("[1, 2")
+    (run / "scale-up" / "signals.csv").write_text("t,instance\n1,a,b,c\n")
+    result = scalelab("report", str(run))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == 2 and all(w.startswith("scalelab: warning: ") for w in warnings)
+    assert "micro/result.json is damaged" in warnings[0]
+    assert "scale-up/signals.csv is damaged (line 2" in warnings[1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert [v["name"] for v in summary["variants"]] == ["micro-swap", "scale-up", "scale-out"]
+    html = (run / "report.html").read_text()
+    assert "scale-up" in html and "scale-out" in html
