@@ -252,10 +252,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from experiments.results import last_file_read
 
-        where = f" while reading {last_file_read()}" if last_file_read() else ""
-        print(f"scalelab: {args.command} failed{where}: {type(exc).__name__}: {exc}; if that "
-              "file is damaged, restore or remove it (SCALELAB_DEBUG=1 shows the traceback).",
-              file=sys.stderr)
+        last = last_file_read()
+        where = f" after reading {last}" if last else ""
+        advice = "if that file is damaged, restore or remove it; " if last else ""
+        print(f"scalelab: {args.command} failed{where}: {type(exc).__name__}: {exc}; {advice}"
+              "SCALELAB_DEBUG=1 shows the traceback.", file=sys.stderr)
         return 1
 
 
