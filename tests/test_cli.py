@@ -168,3 +168,14 @@ def test_report_of_a_damaged_run_shows_what_it_can(tmp_path: Path) -> None:
     assert [v["name"] for v in summary["variants"]] == ["micro-swap", "scale-up", "scale-out"]
     html = (run / "report.html").read_text()
     assert "scale-up" in html and "scale-out" in html
+
+
+def test_a_wrongly_shaped_run_file_is_named_not_a_traceback(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(RUN_FIXTURE, run)
+    (run / "scale-up" / "steps.json").write_text('[{"rate": 5}]')  # valid JSON, wrong shape
+    result = scalelab("plan", "--target-rps", "50", "--from", str(run))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    sentence = result.stderr.strip().splitlines()[-1]
+    assert sentence.startswith("scalelab: plan failed after reading ")
+    assert "scale-up/steps.json" in sentence and "SCALELAB_DEBUG=1" in sentence
