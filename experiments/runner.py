@@ -157,8 +157,9 @@ class VariantRun:
         return capacity, survival, observations
 
     def capacity(self, deployment: Deployment) -> CapacityResult:
-        """`--repeat N` independent searches; the result carries the median search's figures
-        and every step, and `capacity_runs` keeps each search's capacity."""
+        """`--repeat N` independent searches. The result is the median search's (its steps and
+        p95, so that pricing and diagnosis read the search the capacity names) with capacity =
+        the median; steps.json keeps every search's steps, `capacity_spread` every figure."""
         from experiments.stats import spread
 
         searches = []
@@ -167,8 +168,7 @@ class VariantRun:
         figures = spread([c.capacity_rps for c in searches])
         self.capacity_spread = figures
         median = min(searches, key=lambda c: abs(c.capacity_rps - figures.median))
-        return replace(median, capacity_rps=figures.median,
-                       steps=[step for c in searches for step in c.steps])
+        return replace(median, capacity_rps=figures.median)
 
     def _capacity_search(self, deployment: Deployment, index: int) -> CapacityResult:
         from experiments.load.driver import LoadSession

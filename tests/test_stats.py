@@ -101,7 +101,7 @@ def test_repeated_searches_land_in_the_summary(tmp_path, monkeypatch) -> None:
         monkeypatch.setattr(run, "_capacity_search", lambda deployment, i: next(searches))
         capacity = run.capacity(deployment=None)  # type: ignore[arg-type]
         assert capacity.capacity_rps == 31.0 and capacity.p95_ms_at_capacity == 120.0
-        assert len(capacity.steps) == 3
+        assert [s.offered_rps for s in capacity.steps] == [31.0]  # the median search's
         run.finish(capacity, SurvivalResult(seconds=33, held=True, limit_s=33), Observations(),
                    Failure(), {})
     entry = json.loads((tmp_path / "r" / "micro" / "result.json").read_text())
