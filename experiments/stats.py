@@ -5,8 +5,8 @@ Kept apart from the runner and the report so both read the same definitions:
 
 - `capacity_rps` is the **median** of the searches: one wild search cannot move it.
 - `capacity_ci95` is Student's t interval for the **mean** of the searches,
-  mean ± t(0.975, n−1) · s / √n. With 3–5 searches it is the honest small-sample choice: a
-  distribution-free interval for the median needs at least 6 searches to reach 95 %, and a
+  mean ± t(0.975, n−1) · s / √n, cut at 0 (a rate is never negative). With 3–5 searches it
+  is the honest small-sample choice: a distribution-free interval for the median needs at least 6 searches to reach 95 %, and a
   bootstrap of 3 values only resamples those 3 values. One search has no interval (None).
 - `capacity_rsd` is the sample standard deviation over the mean (relative spread).
 - `welch` is Welch's t-test (unequal variances) on two runs' searches, as scipy computes it.
@@ -48,7 +48,9 @@ def spread(values: list[float]) -> Spread:
     sd = statistics.stdev(runs)
     half = float(_scipy_stats.t.ppf(1 - ALPHA / 2, len(runs) - 1)) * sd / math.sqrt(len(runs))
     rsd = sd / mean if mean else None
-    return Spread(runs, median, (mean - half, mean + half), rsd)
+    # A rate is never negative: with 2 scattered searches (t = 12.7) the interval's lower end
+    # would be (measured: runs 27.9 and 19.1 req/s gave -32.4); it is cut at 0.
+    return Spread(runs, median, (max(0.0, mean - half), mean + half), rsd)
 
 
 @dataclass(frozen=True)

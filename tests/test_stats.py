@@ -27,6 +27,12 @@ def test_median_resists_one_wild_search() -> None:
     assert s.ci95 is not None and s.ci95[1] - s.ci95[0] > 60  # the interval shows the doubt
 
 
+def test_interval_of_a_rate_stops_at_zero() -> None:
+    s = spread([27.9, 19.1])  # a real quick-profile pair: mean 23.5, t(0.975, 1) = 12.71
+    assert s.ci95 is not None and s.ci95[0] == 0.0
+    assert s.ci95[1] == pytest.approx(23.5 + 12.7062 * 6.2225 / math.sqrt(2), rel=1e-4)
+
+
 def test_spread_needs_a_value() -> None:
     with pytest.raises(ValueError):
         spread([])
