@@ -7,7 +7,8 @@ Kept apart from the runner and the report so both read the same definitions:
 - `capacity_ci95` is Student's t interval for the **mean** of the searches,
   mean ± t(0.975, n−1) · s / √n, cut at 0 (a rate is never negative). With 3–5 searches it
   is the honest small-sample choice: a distribution-free interval for the median needs at
-  least 6 searches to reach 95 %, and a bootstrap of 3 values only resamples those 3 values. One search has no interval (None).
+  least 6 searches to reach 95 %, and a bootstrap of 3 values only resamples those 3 values.
+  One search has no interval (None).
 - `capacity_rsd` is the sample standard deviation over the mean (relative spread).
 - `welch` is Welch's t-test (unequal variances) on two runs' searches, as scipy computes it.
 """
