@@ -60,8 +60,34 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+class DamagedRunError(UserError):
+    """A file of a run folder cannot be read; the message names the file."""
+
+
+class DamagedRecord(ValueError):
+    """A record's content does not have the shape this version writes."""
+
+
+_last_read: list[Path] = []
+
+
+def last_file_read() -> Path | None:
+    """The run file read most recently: named when something unforeseen goes wrong after it."""
+    return _last_read[-1] if _last_read else None
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """A run file's JSON; a damaged or unreadable file is a DamagedRunError naming it."""
+    _last_read[:] = [path]
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        advice = ("restore it from a copy (the run cannot be reopened without it)"
+                  if path.name == "run.json" else
+                  "restore it, or delete its variant folder and measure it again with --resume")
+        raise DamagedRunError(f"{path} is damaged (not valid JSON: {exc}); {advice}.") from None
+    except OSError as exc:
+        raise DamagedRunError(f"{path} cannot be read ({exc.strerror}).") from None
 
 
 def signals_to_csv(samples: list[SignalSample]) -> str:
@@ -74,22 +100,33 @@ def signals_to_csv(samples: list[SignalSample]) -> str:
 
 
 def signals_from_csv(text: str) -> list[SignalSample]:
+    """Parse signals.csv; a malformed row is a DamagedRecord (ValueError) saying which."""
     samples = []
-    for row in csv.DictReader(io.StringIO(text)):
-        values: dict[str, Any] = {}
-        for f in fields(SignalSample):
-            raw = row.get(f.name, "")
-            if raw in ("", None):
-                values[f.name] = None
-            elif f.name == "instance":
-                values[f.name] = raw
-            elif f.name in ("memory_bytes", "memory_limit_bytes", "swap_bytes", "major_faults",
-                            "oom_kills"):
-                values[f.name] = int(float(raw))
-            else:
-                values[f.name] = float(raw)
-        samples.append(SignalSample(**values))
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        for row in reader:
+            samples.append(_signal_row(row))
+    except (ValueError, TypeError, csv.Error) as exc:
+        raise DamagedRecord(f"line {reader.line_num} is not a signal sample ({exc})") from None
     return samples
+
+
+def _signal_row(row: dict[str, Any]) -> SignalSample:
+    if None in row:  # more cells than columns
+        raise ValueError("too many cells")
+    values: dict[str, Any] = {}
+    for f in fields(SignalSample):
+        raw = row.get(f.name, "")
+        if raw in ("", None):
+            values[f.name] = None
+        elif f.name == "instance":
+            values[f.name] = raw
+        elif f.name in ("memory_bytes", "memory_limit_bytes", "swap_bytes", "major_faults",
+                        "oom_kills"):
+            values[f.name] = int(float(raw))
+        else:
+            values[f.name] = float(raw)
+    return SignalSample(**values)
 
 
 # ---- the summary record (a contract: summary.json keeps these keys; new keys only add) ------
@@ -126,6 +163,12 @@ class VariantSummary(Record):
     lb_algorithm: str | None = None
     gunicorn: dict[str, Any] = field(default_factory=dict)
     profile: str = ""
+    capacity_runs: list[float] = field(default_factory=list)
+    """Each capacity search's figure (`run --repeat N`); capacity_rps is their median."""
+    capacity_ci95: list[float] | None = None
+    """[low, high]: Student's t 95 % interval of the searches' mean; None for one search."""
+    capacity_rsd: float | None = None
+    """Relative standard deviation of the searches; None for one search."""
 
     @classmethod
     def build(cls, variant: Variant, capacity_rps: float, p95_at_capacity: float | None,
@@ -154,16 +197,31 @@ class VariantSummary(Record):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VariantSummary:
+        """The typed record; DamagedRecord (a ValueError) when `data` is not one."""
+        if not isinstance(data, dict):
+            raise DamagedRecord(f"expected a JSON object, found {type(data).__name__}")
+        for key, kinds in (("name", str), ("instance_type", str), ("count", int),
+                           ("capacity_rps", (int, float))):
+            if not isinstance(data.get(key), kinds) or isinstance(data.get(key), bool):
+                raise DamagedRecord(f"{key!r} is missing or not a {_kind_name(kinds)}")
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
-        values["survival"] = SurvivalSummary.from_dict(data.get("survival") or
-                                                       {"seconds": 0.0, "held": False})
-        values["failure"] = Failure.from_dict(data.get("failure") or {})
-        return cls(**values)
+        try:
+            values["survival"] = SurvivalSummary.from_dict(data.get("survival") or
+                                                           {"seconds": 0.0, "held": False})
+            values["failure"] = Failure.from_dict(data.get("failure") or {})
+            return cls(**values)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise DamagedRecord(f"{type(exc).__name__}: {exc}") from None
 
     @property
     def hourly_usd(self) -> float | None:
         return self.cost.get("hourly_usd")
+
+
+def _kind_name(kinds: type | tuple[type, ...]) -> str:
+    return "number" if isinstance(kinds, tuple) else {"str": "string", "int": "whole number"
+                                                      }[kinds.__name__]
 
 
 def variant_record(variant: Variant) -> dict[str, Any]:
@@ -187,6 +245,9 @@ class RunStore:
 
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
+        self.damaged: dict[str, str] = {}
+        """Variant name → sentence, for finished variants whose result.json cannot be read
+        (left out of the summary so that the rest can still be shown)."""
 
     # ---- creation / opening ----------------------------------------------------------
     @classmethod
@@ -203,19 +264,23 @@ class RunStore:
     @classmethod
     def open(cls, run_dir: Path) -> RunStore:
         run_file = run_dir / "run.json"
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"{run_dir} is a file, not a run folder; pass a folder under "
+                            "results/ that a `run` created.")
         if not run_dir.is_dir():
             raise UserError(f"run folder {run_dir} does not exist; pass a folder under results/ "
                             "that a `run` created.")
         if not run_file.is_file():
             raise UserError(f"{run_dir} is not a scalelab run folder (it has no run.json).")
-        try:
-            info = read_json(run_file)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"{run_file} cannot be read as JSON ({exc}).") from None
-        version = info.get("format_version") if isinstance(info, dict) else None
+        info = read_json(run_file)
+        if not isinstance(info, dict):
+            raise DamagedRunError(f"{run_file} is damaged (a JSON object was expected).")
+        version = info.get("format_version")
         if version != FORMAT_VERSION:
             raise UserError(f"{run_dir} was written by another scalelab version (results format "
                             f"{version!r}, this one reads {FORMAT_VERSION}).")
+        if not isinstance(info.get("run_id"), str) or not info["run_id"]:
+            raise DamagedRunError(f"{run_file} is damaged (it has no run_id).")
         return cls(run_dir)
 
     @property
@@ -250,9 +315,19 @@ class RunStore:
     def load_observations(self, variant: str) -> Observations:
         folder = self.variant_dir(variant)
         signals_file, logs_file = folder / "signals.csv", folder / "logs.jsonl"
-        signals = signals_from_csv(signals_file.read_text()) if signals_file.exists() else []
-        logs = ([LogLine.from_dict(json.loads(line)) for line in logs_file.read_text().splitlines()
-                 if line.strip()] if logs_file.exists() else [])
+        signals, logs = [], []
+        try:
+            if signals_file.exists():
+                _last_read[:] = [signals_file]
+                signals = signals_from_csv(signals_file.read_text())
+            if logs_file.exists():
+                _last_read[:] = [logs_file]
+                logs = [LogLine.from_dict(json.loads(line))
+                        for line in logs_file.read_text().splitlines() if line.strip()]
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # JSON/CSV/records
+            raise DamagedRunError(f"{_last_read[0]} is damaged ({exc}).") from None
+        except OSError as exc:
+            raise DamagedRunError(f"{_last_read[0]} cannot be read ({exc.strerror}).") from None
         return Observations(signals=signals, logs=logs)
 
     def load_json(self, variant: str, filename: str, default: Any = None) -> Any:
@@ -274,8 +349,25 @@ class RunStore:
             "slo": info.get("slo"),
             "status": info.get("status"),
             "format_version": FORMAT_VERSION,
-            "variants": [self.load_json(n, "result.json") for n in self.completed_variants()],
+            "variants": [entry for entry in (self._result(n) for n in self.completed_variants())
+                         if entry is not None],
         }
+
+    def _result(self, name: str) -> dict[str, Any] | None:
+        """A finished variant's result.json, checked; a damaged one is noted and left out."""
+        path = self.variant_dir(name) / "result.json"
+        try:
+            entry = read_json(path)
+            VariantSummary.from_dict(entry)
+        except DamagedRunError as exc:
+            self.damaged[name] = str(exc)
+            return None
+        except DamagedRecord as exc:
+            self.damaged[name] = (f"{path} is damaged ({exc}); restore it, or delete "
+                                  f"{path.parent} and measure {name} again with --resume.")
+            return None
+        self.damaged.pop(name, None)
+        return dict(entry)
 
     def variant_summaries(self) -> list[VariantSummary]:
         """The finished variants as typed records (what the report and console read)."""

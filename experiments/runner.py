@@ -12,11 +12,12 @@ variant; the run is marked incomplete and `--resume RUN_ID` measures only what i
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -31,6 +32,7 @@ from experiments.model import Failure, Observations, StepResult, SurvivalResult
 from experiments.report.console import build_report_or_say_how, print_summary_table
 from experiments.results import RunStore, VariantSummary, variant_record
 from experiments.runplan import RunPlan, make_run_backend, plan_run
+from experiments.stats import Spread
 from stacks.variant import Variant
 
 console = Console()
@@ -60,8 +62,12 @@ def run_command(args: argparse.Namespace) -> int:
     if store is None:
         store = RunStore.create(plan.out, plan.run_id, plan.run_info(backend))
     todo = [v for v in plan.variants if v.name not in store.completed_variants()]
-    if not todo:
+    if not todo:  # a complete run keeps its own status and finished_at
         console.print(f"Run {plan.run_id} already has every variant; rebuilding its report.")
+        store.write_summary()
+        build_report_or_say_how(store.dir, console)
+        print_summary_table(store.summary(), store.variant_summaries(), console)
+        return _thresholds_status(plan, store, 0)
     store.update_info(status="running")
     failed: list[str] = []
     try:
@@ -90,7 +96,22 @@ def run_command(args: argparse.Namespace) -> int:
                           "[/yellow]")
     print_summary_table(store.summary(), store.variant_summaries(), console)
     console.print(f"Results: {store.dir}")
-    return 1 if failed else 0
+    return _thresholds_status(plan, store, 1 if failed else 0)
+
+
+def _thresholds_status(plan: RunPlan, store: RunStore, status: int) -> int:
+    """Judge `--threshold`s on the written summary: one line per failure, k6's status 99
+    (a failed variant's status 1 wins: the run is broken, not merely slower)."""
+    from experiments.thresholds import EXIT_THRESHOLDS_FAILED, failures
+
+    if not plan.thresholds:
+        return status
+    lines = failures(plan.thresholds, store.summary(), [v.name for v in plan.variants])
+    for line in lines:
+        print(f"scalelab: {line}", file=sys.stderr)
+    if not lines:
+        console.print(f"All {len(plan.thresholds)} thresholds passed.")
+    return status or (EXIT_THRESHOLDS_FAILED if lines else 0)
 
 
 # ---- one variant ---------------------------------------------------------------------------
@@ -105,6 +126,8 @@ class VariantRun:
     progress: Progress
     stage: Stage = Stage.DEPLOY
     steps: list[StepResult] = field(default_factory=list)
+    capacity_spread: Spread | None = None
+    """The repeated searches' median, interval and spread (set by the capacity stage)."""
     _task: TaskID = field(init=False)
 
     def measure(self, backend: Backend) -> VariantSummary:
@@ -134,10 +157,25 @@ class VariantRun:
         return capacity, survival, observations
 
     def capacity(self, deployment: Deployment) -> CapacityResult:
+        """`--repeat N` independent searches. The result is the median search's (its steps and
+        p95, so that pricing and diagnosis read the search the capacity names) with capacity =
+        the median; steps.json keeps every search's steps, `capacity_spread` every figure."""
+        from experiments.stats import spread
+
+        searches = []
+        for i in range(self.plan.repeat):
+            searches.append(self._capacity_search(deployment, i))
+        figures = spread([c.capacity_rps for c in searches])
+        self.capacity_spread = figures
+        median = min(searches, key=lambda c: abs(c.capacity_rps - figures.median))
+        return replace(median, capacity_rps=figures.median)
+
+    def _capacity_search(self, deployment: Deployment, index: int) -> CapacityResult:
         from experiments.load.driver import LoadSession
 
         profile = self.plan.profile
-        self.enter(Stage.CAPACITY, total=profile.max_steps)
+        detail = f"search {index + 1} of {self.plan.repeat}" if self.plan.repeat > 1 else ""
+        self.enter(Stage.CAPACITY, total=profile.max_steps, detail=detail)
         with LoadSession(deployment.url, self._load_settings(profile.hazard_weight_capacity)
                          ) as load:
             def measure(rps: float) -> StepResult:
@@ -198,6 +236,12 @@ class VariantRun:
             self.variant, capacity.capacity_rps, capacity.p95_ms_at_capacity, capacity.steps,
             survival, failure, cost, self.plan.profile.name,
             first_worker_loss_s=first_worker_loss_s(survival, observations))
+        if self.capacity_spread is not None:
+            spread = self.capacity_spread
+            entry = replace(entry, capacity_runs=[round(r, 2) for r in spread.runs],
+                            capacity_ci95=None if spread.ci95 is None else
+                            [round(spread.ci95[0], 2), round(spread.ci95[1], 2)],
+                            capacity_rsd=None if spread.rsd is None else round(spread.rsd, 4))
         self.store.finish_variant(entry)
         self.progress.console.print(
             f"[bold]{self.variant.name}[/bold]: capacity {capacity.capacity_rps:.1f} req/s, "

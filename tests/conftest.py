@@ -20,12 +20,13 @@ BYO_APP = FIXTURES / "byo_app"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for cgroups and swap")
 
 
-def scalelab_cli(*args: str, cwd: Path = PROJECT_DIR, timeout: float = 120
-                 ) -> subprocess.CompletedProcess[str]:
+def scalelab_cli(*args: str, cwd: Path = PROJECT_DIR, timeout: float = 120,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m experiments ARGS` with no AWS credentials and no instance-metadata lookups:
     nothing it does may leave loopback."""
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_EC2_METADATA_DISABLED="true", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-               AWS_CONFIG_FILE="/nonexistent", PATH="/usr/bin:/bin")
+               AWS_CONFIG_FILE="/nonexistent", PATH="/usr/bin:/bin", **extra)
     return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -16,7 +16,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from experiments.model import Failure, SignalSample, StepResult, SurvivalResult
 from experiments.report import plots, tables
-from experiments.results import RunStore, atomic_write_text
+from experiments.results import DamagedRunError, RunStore, atomic_write_text
 
 TEMPLATES = Path(__file__).with_name("templates")
 COST_ITEMS = [("instances", "instances"), ("ebs", "EBS gp3"), ("public_ipv4", "public IPv4"),
@@ -55,14 +55,26 @@ def _phases(steps: list[StepResult], survival: SurvivalResult | None) -> list[tu
 
 
 def _variant_view(store: RunStore, entry: dict[str, Any], row: dict[str, Any],
-                  slo_p95: float) -> dict[str, Any]:
+                  slo_p95: float, damage: list[str]) -> dict[str, Any]:
     name = entry["name"]
-    steps = _steps(store, name, entry)
-    survival_raw = store.load_json(name, "survival.json")
-    survival = SurvivalResult.from_dict(survival_raw) if survival_raw else None
-    diagnosis = store.load_json(name, "diagnosis.json") or entry.get("failure") or {}
-    failure = Failure.from_dict(diagnosis)
-    signals: list[SignalSample] = store.load_observations(name).signals
+    try:
+        steps = _steps(store, name, entry)
+        survival_raw = store.load_json(name, "survival.json")
+        survival = SurvivalResult.from_dict(survival_raw) if survival_raw else None
+        diagnosis = store.load_json(name, "diagnosis.json") or entry.get("failure") or {}
+        failure = Failure.from_dict(diagnosis)
+        signals: list[SignalSample] = store.load_observations(name).signals
+    except DamagedRunError as exc:  # the summary row still shows; the charts cannot
+        damage.append(f"{exc} The report shows {name}'s summary row without its charts.")
+        steps, survival, signals = [], None, []
+        failure = Failure.from_dict(entry.get("failure") or {})
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        from experiments.results import last_file_read
+
+        damage.append(f"{last_file_read()} is damaged ({type(exc).__name__}: {exc}). The "
+                      f"report shows {name}'s summary row without its charts.")
+        steps, survival, signals = [], None, []
+        failure = Failure.from_dict(entry.get("failure") or {})
     return {
         "name": name, **_row_view(row),
         "failure_summary": failure.summary or row["failure_summary"],
@@ -78,7 +90,7 @@ def _variant_view(store: RunStore, entry: dict[str, Any], row: dict[str, Any],
 def _row_view(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "variant": r["variant"], "instances": tables.instances_text(r),
-        "capacity": tables.fmt_num(r["capacity_rps"]),
+        "capacity": tables.fmt_capacity(r),
         "p95": tables.fmt_num(r["p95_ms_at_capacity"], 0, " ms"),
         "survival": tables.fmt_survival(r), "survival_held": r["survival_held"],
         "failure_kind": r["failure_kind"] or "—",
@@ -89,12 +101,14 @@ def _row_view(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, Any]],
+                damage: list[str] | None = None) -> str:
     info = store.info
     best = tables.best_value(rows)
     slo_p95 = float((summary.get("slo") or {}).get("p95_ms", 500))
     entries = {v["name"]: v for v in summary["variants"] if v}
-    variants = [_variant_view(store, entries[r["variant"]], r, slo_p95) for r in rows]
+    damage = [] if damage is None else damage
+    variants = [_variant_view(store, entries[r["variant"]], r, slo_p95, damage) for r in rows]
     created = info.get("created_at")
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["j2"]))
     return env.get_template("report.html.j2").render(
@@ -111,14 +125,21 @@ def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, A
     )
 
 
-def build_report(run_dir: Path) -> list[Path]:
-    """Rebuild summary.json, summary.md, summary.csv and report.html; returns their paths."""
+def build_report(run_dir: Path, damage: list[str] | None = None) -> list[Path]:
+    """Rebuild summary.json, summary.md, summary.csv and report.html; returns their paths.
+
+    A damaged file of one variant does not stop the report: the variant is left out (its
+    result.json) or shown without charts (its other files), and `damage` gets one sentence
+    naming the file.
+    """
+    damage = [] if damage is None else damage
     store = RunStore.open(Path(run_dir))
     summary = store.write_summary()
+    damage.extend(store.damaged.values())
     rows = tables.variant_rows(summary)
     md, csv_path = store.dir / "summary.md", store.dir / "summary.csv"
     html = store.dir / "report.html"
     atomic_write_text(md, tables.to_markdown(summary, rows, store.info))
     atomic_write_text(csv_path, tables.to_csv(rows))
-    atomic_write_text(html, render_html(store, summary, rows))
+    atomic_write_text(html, render_html(store, summary, rows, damage))
     return [md, csv_path, store.dir / "summary.json", html]

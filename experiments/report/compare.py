@@ -2,7 +2,10 @@
 
 Like esrally's `compare`: two run folders in, one table out with absolute and relative
 differences, printed and written as Markdown into the contender's folder so it travels with
-the run it judges.
+the run it judges. A capacity difference is also tested against the runs' own noise (Welch's
+t-test on each run's repeated searches, `run --repeat N`), and the comparison warns first when
+the two runs were not measured alike (SLO, profile, cpu_scale, backend, app): then a
+difference may be the setting's, not the system's.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from experiments import stats
 from experiments.errors import UserError
 from experiments.report.tables import variant_rows
-from experiments.results import atomic_write_text, load_summary
+from experiments.results import RunStore, atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class Diff:
     metric: Metric
     baseline: float | None
     contender: float | None
+    significance: stats.Significance | None = None
+    """Capacity only: Welch's t-test of the two runs' repeated searches."""
 
     @property
     def absolute(self) -> float | None:
@@ -56,9 +62,12 @@ class Diff:
 
     @property
     def verdict(self) -> str:
-        """'better', 'worse' or '' (unchanged within 1 %, or not comparable)."""
+        """'better', 'worse' or '' (unchanged within 1 %, within noise, or not comparable)."""
         pct = self.percent
         if pct is None or abs(pct) < 1:
+            return ""
+        if self.significance is not None and self.significance.p_value is not None \
+                and not self.significance.significant:
             return ""
         better = (pct > 0) == self.metric.higher_is_better
         return "better" if better else "worse"
@@ -83,26 +92,84 @@ def diffs(summary_a: dict[str, Any], summary_b: dict[str, Any]) -> list[Diff]:
     rows_b = {r["variant"]: r for r in variant_rows(summary_b)}
     names = list(rows_a) + [n for n in rows_b if n not in rows_a]
     out = []
+    runs_a = {v["name"]: _runs(v) for v in summary_a.get("variants") or [] if v}
+    runs_b = {v["name"]: _runs(v) for v in summary_b.get("variants") or [] if v}
     for name in names:
         a, b = rows_a.get(name, {}), rows_b.get(name, {})
         for m in METRICS:
-            out.append(Diff(name, m, a.get(m.key), b.get(m.key)))
+            test = None
+            if m.key == "capacity_rps" and name in runs_a and name in runs_b:
+                test = stats.welch(runs_a[name], runs_b[name])
+            out.append(Diff(name, m, a.get(m.key), b.get(m.key), test))
     return out
 
 
-def to_markdown(run_a: str, run_b: str, all_diffs: list[Diff]) -> str:
+def _runs(entry: dict[str, Any]) -> list[float]:
+    """A variant's capacity searches (one, the capacity itself, for runs without --repeat)."""
+    runs = entry.get("capacity_runs")
+    if isinstance(runs, list) and runs and all(isinstance(r, (int, float)) for r in runs):
+        return [float(r) for r in runs]
+    return [float(entry["capacity_rps"])]
+
+
+ALIKE = [
+    ("SLO", lambda s, i: s.get("slo")),
+    ("profile", lambda s, i: _config(i).get("profile")),
+    ("cpu_scale", lambda s, i: s.get("cpu_scale")),
+    ("backend", lambda s, i: s.get("backend")),
+    ("app", lambda s, i: (_config(i).get("app_overrides") or {}, _config(i).get("locustfile"))),
+]
+"""What must match for a difference to be the system's: (label, getter(summary, run.json))."""
+
+
+def _config(info: dict[str, Any]) -> dict[str, Any]:
+    config = info.get("config")
+    return config if isinstance(config, dict) else {}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict) and "p95_ms" in value:
+        return f"p95 ≤ {value['p95_ms']:g} ms"
+    if isinstance(value, tuple):
+        overrides, locustfile = value
+        return f"{overrides.get('wsgi', 'the shop')} with {locustfile}"
+    return "unset" if value is None else str(value)
+
+
+def warnings(dir_a: Path, dir_b: Path, summary_a: dict[str, Any], info_a: dict[str, Any],
+             summary_b: dict[str, Any], info_b: dict[str, Any]) -> list[str]:
+    """Sentences saying why the two runs may not be comparable (empty when they are)."""
+    out = []
+    if dir_a.resolve() == dir_b.resolve():
+        out.append(f"{dir_a} is compared with itself: every difference is 0.")
+    for label, get in ALIKE:
+        a, b = get(summary_a, info_a), get(summary_b, info_b)
+        if a != b:
+            out.append(f"the runs differ in {label} (baseline {_shown(a)}, contender "
+                       f"{_shown(b)}): differences may come from that, not from the system.")
+    return out
+
+
+def _significance(d: Diff) -> str:
+    return d.significance.sentence if d.significance is not None else ""
+
+
+def to_markdown(run_a: str, run_b: str, all_diffs: list[Diff],
+                notes: list[str] | None = None) -> str:
     lines = [f"# {run_b} compared with {run_a}", "",
              f"Baseline: `{run_a}`. Contender: `{run_b}`. Differences are contender − baseline.",
-             "", "| variant | metric | baseline | contender | diff | diff % | |",
-             "|---|---|---:|---:|---:|---:|---|"]
+             ""]
+    lines += [f"> **Warning:** {n}" for n in notes or []] + ([""] if notes else [])
+    lines += ["| variant | metric | baseline | contender | diff | diff % | | significance |",
+              "|---|---|---:|---:|---:|---:|---|---|"]
     for d in all_diffs:
         lines.append(f"| {d.variant} | {d.metric.label} | {_fmt(d.baseline, d.metric)} | "
                      f"{_fmt(d.contender, d.metric)} | {_fmt(d.absolute, d.metric, True)} | "
-                     f"{_pct(d.percent)} | {d.verdict} |")
+                     f"{_pct(d.percent)} | {d.verdict} | {_significance(d)} |")
     return "\n".join(lines) + "\n"
 
 
-def _print(run_a: str, run_b: str, all_diffs: list[Diff]) -> None:
+def _print(run_a: str, run_b: str, all_diffs: list[Diff], notes: list[str]) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -112,30 +179,45 @@ def _print(run_a: str, run_b: str, all_diffs: list[Diff]) -> None:
         "": lambda s: s}
     table = Table(title=f"baseline {run_a}  vs  contender {run_b}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("variant", "metric", "baseline", "contender", "diff", "diff %"):
+    tested = any(d.significance is not None and d.significance.p_value is not None
+                 for d in all_diffs)
+    columns = ["variant", "metric", "baseline", "contender", "diff", "diff %"]
+    for col in columns + (["significance"] if tested else []):
         table.add_column(col, justify="left" if col in ("variant", "metric") else "right",
                          no_wrap=True)
     previous = None
     for d in all_diffs:
         paint = style[d.verdict]
-        table.add_row(d.variant if d.variant != previous else "", d.metric.label,
-                      _fmt(d.baseline, d.metric), _fmt(d.contender, d.metric),
-                      paint(_fmt(d.absolute, d.metric, True)), paint(_pct(d.percent)),
+        cells = [d.variant if d.variant != previous else "", d.metric.label,
+                 _fmt(d.baseline, d.metric), _fmt(d.contender, d.metric),
+                 paint(_fmt(d.absolute, d.metric, True)), paint(_pct(d.percent))]
+        table.add_row(*cells, *([_significance(d)] if tested else []),
                       end_section=d.metric is METRICS[-1])
         previous = d.variant
-    Console().print(table)
+    console = Console()
+    for note in notes:
+        console.print(f"[yellow]warning: {note}[/yellow]", highlight=False)
+    console.print(table)
+    if not tested:
+        console.print("Capacity differences are not tested for significance: that needs "
+                      "several searches per variant in both runs (run --repeat 3).",
+                      highlight=False)
 
 
 def compare_command(run_a: Path, run_b: Path) -> int:
     """Print baseline (A) vs contender (B) per variant; write compare-<a>-vs-<b>.md into B."""
-    summary_a, summary_b = load_summary(Path(run_a)), load_summary(Path(run_b))
+    store_a, store_b = RunStore.open(Path(run_a)), RunStore.open(Path(run_b))
+    summary_a, summary_b = store_a.summary(), store_b.summary()
+    damaged = [*store_a.damaged.values(), *store_b.damaged.values()]
     if not summary_a["variants"] and not summary_b["variants"]:
         raise UserError(f"neither {run_a} nor {run_b} has a finished variant to compare; "
                         "pass run folders whose variants completed.")
     id_a, id_b = str(summary_a["run_id"]), str(summary_b["run_id"])
+    notes = warnings(Path(run_a), Path(run_b), summary_a, store_a.info, summary_b,
+                     store_b.info) + [f"{d} It is left out of the comparison." for d in damaged]
     all_diffs = diffs(summary_a, summary_b)
-    _print(id_a, id_b, all_diffs)
+    _print(id_a, id_b, all_diffs, notes)
     out = Path(run_b) / f"compare-{id_a}-vs-{id_b}.md"
-    atomic_write_text(out, to_markdown(id_a, id_b, all_diffs))
+    atomic_write_text(out, to_markdown(id_a, id_b, all_diffs, notes))
     print(f"Written: {out}")
     return 0

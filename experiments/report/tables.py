@@ -16,6 +16,7 @@ CSV_COLUMNS = [
     "variant", "instance_type", "count", "swap_mib", "load_balancer", "capacity_rps",
     "p95_ms_at_capacity", "survival_s", "survival_held", "failure_kind", "failure_summary",
     "hourly_usd", "monthly_usd", "usd_per_million_requests", "capacity_per_usd_hour", "region",
+    "capacity_ci95_low", "capacity_ci95_high", "capacity_rsd", "capacity_runs",
 ]
 
 
@@ -44,6 +45,10 @@ def variant_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "evidence": list(v.failure.evidence),
             "cost_items": cost.get("items") or {},
             "cost_notes": list(cost.get("notes") or []),
+            "capacity_ci95_low": v.capacity_ci95[0] if v.capacity_ci95 else None,
+            "capacity_ci95_high": v.capacity_ci95[1] if v.capacity_ci95 else None,
+            "capacity_rsd": v.capacity_rsd,
+            "capacity_runs": " ".join(f"{r:g}" for r in v.capacity_runs) or None,
         })
     return rows
 
@@ -76,6 +81,15 @@ def fmt_num(value: float | None, digits: int = 1, unit: str = "") -> str:
 
 def fmt_usd(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"${value:,.{digits}f}"
+
+
+def fmt_capacity(row: dict[str, Any]) -> str:
+    """Capacity with its 95 % interval when the run repeated its searches: `31.0 (28.4–33.6)`."""
+    text = fmt_num(row.get("capacity_rps"))
+    low, high = row.get("capacity_ci95_low"), row.get("capacity_ci95_high")
+    if low is not None and high is not None:
+        text += f" ({low:,.1f}–{high:,.1f})"
+    return text
 
 
 def fmt_survival(row: dict[str, Any]) -> str:
@@ -111,7 +125,14 @@ def run_context(summary: dict[str, Any], info: dict[str, Any]) -> list[str]:
     profile = (info.get("config") or {}).get("profile")
     if profile:
         lines.append(f"Measurement profile: {profile}.")
+    if any(isinstance(v, dict) and v.get("capacity_ci95") for v in summary.get("variants") or []):
+        lines.append(INTERVAL_NOTE)
     return lines
+
+
+INTERVAL_NOTE = ("Capacity is the median of the repeated searches; in brackets, the 95 % "
+                 "interval of their mean (Student's t): a difference smaller than that interval "
+                 "is within the measurement's noise.")
 
 
 def to_markdown(summary: dict[str, Any], rows: list[dict[str, Any]],
@@ -125,13 +146,14 @@ def to_markdown(summary: dict[str, Any], rows: list[dict[str, Any]],
     for r in rows:
         name = f"**{r['variant']}** ★" if r["variant"] == best else r["variant"]
         out.append(" | ".join([
-            f"| {name}", instances_text(r), fmt_num(r["capacity_rps"]),
+            f"| {name}", instances_text(r), fmt_capacity(r),
             fmt_num(r["p95_ms_at_capacity"], 0, " ms"), fmt_survival(r),
             f"`{r['failure_kind'] or '—'}`", fmt_usd(r["hourly_usd"]),
             fmt_usd(r["monthly_usd"], 2), fmt_usd(r["usd_per_million_requests"], 3),
             fmt_num(r["capacity_per_usd_hour"], 0)]) + " |")
     if best:
         out += ["", f"★ most capacity per dollar: **{best}**."]
+
     out += ["", "## Why each variant failed", ""]
     for r in rows:
         out.append(f"### {r['variant']}: `{r['failure_kind']}`")
