@@ -126,6 +126,9 @@ class VariantSummary(Record):
     lb_algorithm: str | None = None
     gunicorn: dict[str, Any] = field(default_factory=dict)
     profile: str = ""
+    aws_estimate: dict[str, Any] | None = None
+    """AWS-equivalent figures (experiments/estimate.py), added when the summary is built: the
+    measured keys above keep their meaning and values."""
 
     @classmethod
     def build(cls, variant: Variant, capacity_rps: float, p95_at_capacity: float | None,
@@ -266,8 +269,12 @@ class RunStore:
 
     # ---- the summary --------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
+        """summary.json: the measured entries plus an `aws_estimate` per variant, computed from
+        them and the run's cpu_scale (never stored apart, so never stale)."""
+        from experiments.estimate import with_estimates
+
         info = self.info
-        return {
+        summary = {
             "run_id": info["run_id"],
             "backend": info.get("backend"),
             "cpu_scale": info.get("cpu_scale"),
@@ -276,6 +283,9 @@ class RunStore:
             "format_version": FORMAT_VERSION,
             "variants": [self.load_json(n, "result.json") for n in self.completed_variants()],
         }
+        # the CPU of the host that measured (run.json), not of the one rebuilding the report
+        cpu = (info.get("host") or {}).get("cpu_model") or "not recorded in run.json"
+        return with_estimates(summary, host_cpu=cpu)
 
     def variant_summaries(self) -> list[VariantSummary]:
         """The finished variants as typed records (what the report and console read)."""
