@@ -45,8 +45,9 @@ def print_summary_table(summary: dict[str, Any], variants: list[VariantSummary],
         )
     out.print(table)
     if estimated:
-        out.print("  ≈ AWS req/s: an estimate (capacity × 1/cpu_scale); its assumptions are in "
-                  "the report.", highlight=False)
+        out.print(f"  ≈ AWS req/s: an estimate (capacity × 1/cpu_scale) assuming a host core "
+                  f"({summary.get('host_cpu') or 'CPU not recorded'}) ≈ one vCPU; the other "
+                  "assumptions are in the report.", highlight=False)
 
 
 def build_report_or_say_how(run_dir: Path, out: Console) -> None:
