@@ -76,3 +76,21 @@ def test_host_cpu_model_reads_proc_format(tmp_path: Path) -> None:
     assert host_cpu_model(tmp_path / "missing") == "unknown"
     assert host_cpu_model() != ""  # the real host: a name or 'unknown', never empty
     assert "host CPU: Z" in assumptions("Z")[0]
+
+
+def test_run_json_records_the_measuring_host_cpu(tmp_path: Path) -> None:
+    """The estimate names the CPU of the host that measured, not of the one rebuilding."""
+    import shutil
+
+    from experiments import provenance
+    from experiments.results import RunStore
+
+    assert provenance.host()["cpu_model"] == host_cpu_model()
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    info = json.loads((run / "run.json").read_text())
+    info["host"]["cpu_model"] = "Recorded CPU 9000"
+    (run / "run.json").write_text(json.dumps(info))
+    summary = RunStore.open(run).summary()
+    assert summary["host_cpu"] == "Recorded CPU 9000"
+    assert "host CPU: Recorded CPU 9000" in summary["variants"][0]["aws_estimate"]["assumptions"][0]
