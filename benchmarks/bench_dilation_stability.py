@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 
 def run_once(variants: str, scale: float, profile: str, out: Path) -> dict[str, Any]:
@@ -41,8 +43,30 @@ def run_once(variants: str, scale: float, profile: str, out: Path) -> dict[str, 
         raise SystemExit(f"the run at cpu_scale {scale:g} failed (exit {done.returncode}): "
                          + " | ".join(tail))
     summary = json.loads(new[-1].read_text())
-    print(f"  cpu_scale {scale:g}: {new[-1].parent.name} in {elapsed:.0f} s", flush=True)
+    print(f"  cpu_scale {scale:g}: {new[-1].parent.name} in {elapsed:.0f} s "
+          f"(host load average at the end: {_loadavg()})", flush=True)
     return summary
+
+
+def _loadavg() -> str:
+    """1-minute load average: other work on the host shows up here, and in the figures."""
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
+def fits_host(names: list[str], scale: float) -> str:
+    """A warning when the largest variant's vCPUs × scale leave no core for the generator."""
+    from stacks.variant import load_variant
+
+    cores = os.cpu_count() or 1
+    need = max(load_variant(n).vcpu for n in names) * scale
+    if need > cores - 0.5:
+        return (f"  note: at cpu_scale {scale:g} the largest variant takes {need:.2f} of "
+                f"{cores} host cores, leaving under half a core for the load generator and the "
+                "host: its figures are bounded by the host, not by the emulated box")
+    return ""
 
 
 def _by_name(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -100,6 +124,10 @@ def main() -> int:
             ok &= spread <= args.tolerance
             print(f"{'':<11} spread of the AWS-equivalent capacity: {spread:.1%} "
                   f"(tolerance {args.tolerance:.0%}) {verdict}")
+    for scale in scales:
+        warning = fits_host(names, scale)
+        if warning:
+            print(warning)
     if host:
         print(f"\nAssumption under test: {host}.")
     return 0 if ok else 1
