@@ -10,6 +10,7 @@ a measurement, not a unit test (run it alone, under the CPU lock, on an otherwis
 
     flock /tmp/scalelab-cpu.lock .venv/bin/python benchmarks/bench_dilation_stability.py \\
         [--variants micro,scale-up] [--scales 0.33,0.66] [--profile quick] [--tolerance 0.10]
+        [--repeat N]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +86,9 @@ def main() -> int:
     parser.add_argument("--scales", default="0.33,0.66")
     parser.add_argument("--profile", default="quick", choices=("quick", "standard"))
     parser.add_argument("--tolerance", type=float, default=0.10)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per scale, interleaved (0.33, 0.66, 0.33, ...); the spread "
+                             "compares the medians")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the run folders here (default: a temporary folder)")
     args = parser.parse_args()
@@ -95,8 +100,11 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
         print(f"Measuring {', '.join(names)} at cpu_scale {', '.join(f'{s:g}' for s in scales)} "
               f"(profile {args.profile}) into {out}", flush=True)
-        runs = {scale: _by_name(run_once(",".join(names), scale, args.profile, out))
-                for scale in scales}
+        runs: dict[float, list[dict[str, dict[str, Any]]]] = {scale: [] for scale in scales}
+        for _ in range(max(1, args.repeat)):
+            for scale in scales:
+                runs[scale].append(_by_name(run_once(",".join(names), scale, args.profile,
+                                                     out)))
 
     host = None
     ok = True
@@ -106,23 +114,28 @@ def main() -> int:
     for name in names:
         aws = []
         for scale in scales:
-            entry = runs[scale].get(name)
-            if not entry or not entry.get("aws_estimate"):
-                print(f"{name:<11} {scale:>9g}  (no result)")
-                ok = False
-                continue
-            est = entry["aws_estimate"]
-            host = next((a for a in est.get("assumptions", []) if "host CPU" in a), host)
-            aws.append(est["capacity_rps"])
-            print(f"{name:<11} {scale:>9g} {entry['capacity_rps']:>9.1f} "
-                  f"{est['capacity_rps']:>8.1f} {_ci(est):>18} "
-                  f"{entry.get('p95_ms_at_capacity') or 0:>7.0f} "
-                  f"{est.get('p95_ms_at_capacity') or 0:>9.0f}")
+            per_scale = []
+            for by_name in runs[scale]:
+                entry = by_name.get(name)
+                if not entry or not entry.get("aws_estimate"):
+                    print(f"{name:<11} {scale:>9g}  (no result)")
+                    ok = False
+                    continue
+                est = entry["aws_estimate"]
+                host = next((a for a in est.get("assumptions", []) if "host CPU" in a), host)
+                per_scale.append(est["capacity_rps"])
+                print(f"{name:<11} {scale:>9g} {entry['capacity_rps']:>9.1f} "
+                      f"{est['capacity_rps']:>8.1f} {_ci(est):>18} "
+                      f"{entry.get('p95_ms_at_capacity') or 0:>7.0f} "
+                      f"{est.get('p95_ms_at_capacity') or 0:>9.0f}")
+            if per_scale:
+                aws.append(statistics.median(per_scale))
         if len(aws) == len(scales) and min(aws) > 0:
             spread = max(aws) / min(aws) - 1
             verdict = "ok" if spread <= args.tolerance else "OUT OF TOLERANCE"
             ok &= spread <= args.tolerance
-            print(f"{'':<11} spread of the AWS-equivalent capacity: {spread:.1%} "
+            medians = " vs ".join(f"{a:.1f}" for a in aws)
+            print(f"{'':<11} AWS-equivalent medians {medians}: spread {spread:.1%} "
                   f"(tolerance {args.tolerance:.0%}) {verdict}")
     for scale in scales:
         warning = fits_host(names, scale)
