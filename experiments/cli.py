@@ -138,11 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="cheapest way to reach a target request rate",
                           description="For each strategy, the cheapest configuration reaching "
-                                      "--target-rps, from measured capacities.")
+                                      "--target-rps on AWS, from a run's AWS-equivalent "
+                                      "sustained capacities.")
     plan.add_argument("--target-rps", type=_number, required=True, metavar="N",
                       help="the request rate to serve, in requests per second")
     plan.add_argument("--from", dest="from_run", type=Path, default=None, metavar="RUN_DIR",
                       help="a run folder (default: the newest complete run under results/)")
+    plan.add_argument("--burst", action="store_true",
+                      help="plan on burst capacity (while CPU credits last) instead of the "
+                           "sustained capacity")
 
     left = sub.add_parser("leftovers", help="find (and delete) what killed runs left behind",
                           description="List processes, cgroups, swapfiles, HAProxy (local) or "
@@ -180,7 +184,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "plan":
         from experiments.plan import plan_command
 
-        return plan_command(args.target_rps, args.from_run)
+        return plan_command(args.target_rps, args.from_run, args.burst)
     if args.command == "leftovers":
         from experiments.backends import leftovers_command
 

@@ -373,8 +373,9 @@ def cost_command(variants: list[str] | None, region: str | None, live_prices: bo
     """Price the stacks without deploying anything (the program runs under Pulumi's mocks)."""
     from stacks.variant import load_variants
 
-    if region is not None:
+    if region is not None and not live_prices:
         load_catalog().region(region)  # unknown region → one sentence, before any work
+        # (with --live-prices any region works while the Price List API answers)
     breakdowns = [price_variant(v, region=region, live_prices=live_prices)
                   for v in load_variants(variants)]
     if as_json:

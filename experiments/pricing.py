@@ -72,18 +72,19 @@ def embedded_prices(region: str, instance_types: Iterable[str]) -> PriceTable:
     catalog = load_catalog()
     rp = catalog.region(region)
     instances = {t: catalog.instance(t).hourly_price(region) for t in instance_types}
-    notes = []
+    notes = [f"{n}." for n in rp.notes]
     for t in instances:
         note = catalog.instance(t).price_notes.get(region)
         if note:
             notes.append(f"{t} in {region}: {note}.")
+    origin = catalog.price_source(region)
     return PriceTable(
         region=region, instance_usd_hour=instances, alb_hour=rp.alb_hour,
         alb_lcu_hour=rp.alb_lcu_hour, gp3_gb_month=rp.gp3_gb_month,
         public_ipv4_hour=rp.public_ipv4_hour,
         surplus_usd_per_vcpu_hour=dict(catalog.surplus_credit_usd_per_vcpu_hour),
-        hours_per_month=catalog.hours_per_month, source="embedded: " + catalog.prices_source,
-        date=catalog.prices_date, notes=notes,
+        hours_per_month=catalog.hours_per_month, source="embedded: " + origin.source,
+        date=origin.date, notes=notes,
     )
 
 
@@ -211,9 +212,8 @@ def live_prices(region: str, instance_types: Iterable[str], client: Any | None =
     except (BotoCoreError, ClientError, PriceListError, OSError) as exc:
         reason = str(exc).rstrip(".") or type(exc).__name__
         if embedded is None:
-            raise UserError(f"live prices for {region} failed ({reason}) and there are no "
-                            "embedded prices to fall back on; use a region from "
-                            f"{', '.join(load_catalog().region_prices)}.") from None
+            raise UserError(f"live prices for {region} failed ({reason}) and the embedded "
+                            f"catalog cannot stand in: {_embedded_gap(region, types)}.") from None
         note = (f"live prices unavailable ({reason}); used the embedded prices from "
                 f"{embedded.date} instead.")
         return PriceTable(**{**asdict(embedded), "notes": [*embedded.notes, note]})
@@ -223,6 +223,16 @@ def live_prices(region: str, instance_types: Iterable[str], client: Any | None =
     cached[region] = fresh
     _write_cache(cache_file, cached)
     return _table_from_live(region, fresh, embedded, f"AWS Price List API ({day})", day)
+
+
+def _embedded_gap(region: str, types: list[str]) -> str:
+    """Why the embedded table cannot price `types` in `region` (for the fallback's sentence)."""
+    catalog = load_catalog()
+    if region not in catalog.region_prices:
+        known = ", ".join(catalog.region_prices)
+        return f"it has no prices for {region} (embedded regions: {known})"
+    missing = [t for t in types if region not in catalog.instance(t).price_usd_hour]
+    return f"it has no {region} price for {', '.join(missing)}"
 
 
 def embedded_prices_or_empty(region: str, types: list[str]) -> PriceTable | None:

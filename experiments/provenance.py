@@ -44,7 +44,10 @@ def git_revision() -> str:
 def host() -> dict[str, Any]:
     import psutil
 
+    from experiments.estimate import host_cpu_model
+
     cgroup = "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1"
     return {"hostname": socket.gethostname(), "cores": os.cpu_count(),
+            "cpu_model": host_cpu_model(),
             "memory_bytes": psutil.virtual_memory().total, "kernel": platform.release(),
             "cgroup": cgroup, "platform": platform.platform()}

@@ -169,6 +169,9 @@ class VariantSummary(Record):
     """[low, high]: Student's t 95 % interval of the searches' mean; None for one search."""
     capacity_rsd: float | None = None
     """Relative standard deviation of the searches; None for one search."""
+    aws_estimate: dict[str, Any] | None = None
+    """AWS-equivalent figures (experiments/estimate.py), added when the summary is built: the
+    measured keys above keep their meaning and values."""
 
     @classmethod
     def build(cls, variant: Variant, capacity_rps: float, p95_at_capacity: float | None,
@@ -341,8 +344,12 @@ class RunStore:
 
     # ---- the summary --------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
+        """summary.json: the measured entries plus an `aws_estimate` per variant, computed from
+        them and the run's cpu_scale (never stored apart, so never stale)."""
+        from experiments.estimate import with_estimates
+
         info = self.info
-        return {
+        summary = {
             "run_id": info["run_id"],
             "backend": info.get("backend"),
             "cpu_scale": info.get("cpu_scale"),
@@ -352,6 +359,9 @@ class RunStore:
             "variants": [entry for entry in (self._result(n) for n in self.completed_variants())
                          if entry is not None],
         }
+        # the CPU of the host that measured (run.json), not of the one rebuilding the report
+        cpu = (info.get("host") or {}).get("cpu_model") or "not recorded in run.json"
+        return with_estimates(summary, host_cpu=cpu)
 
     def _result(self, name: str) -> dict[str, Any] | None:
         """A finished variant's result.json, checked; a damaged one is noted and left out."""

@@ -1,7 +1,7 @@
 """Instance types and AWS prices: one catalog for the stacks, the emulator and the cost model.
 
-The data lives in `data/catalog.yaml` (with source and date); this module only loads and
-answers questions about it, so a price is never typed twice.
+The data lives in `data/catalog.yaml` (every price with its source and date); this module only
+loads and answers questions about it, so a price is never typed twice.
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ class InstanceType:
     def launch_credits(self) -> float:
         return self.launch_credits_per_vcpu * self.vcpu
 
+    @property
+    def baseline_vcpus(self) -> float:
+        """vCPUs' worth of CPU the instance sustains forever (all of them without credits)."""
+        return self.baseline_per_vcpu * self.vcpu
+
     def hourly_price(self, region: str) -> float:
         try:
             return self.price_usd_hour[region]
@@ -70,6 +75,14 @@ class RegionPrices:
     alb_lcu_hour: float
     gp3_gb_month: float
     public_ipv4_hour: float
+    notes: tuple[str, ...] = ()
+    """Which of these figures are assumptions rather than verified prices."""
+
+
+@dataclass(frozen=True)
+class PriceSource:
+    source: str
+    date: str
 
 
 @dataclass(frozen=True)
@@ -79,8 +92,17 @@ class Catalog:
     surplus_credit_usd_per_vcpu_hour: dict[str, float]
     lcu: dict[str, float]
     hours_per_month: float
-    prices_source: str
+    price_sources: dict[str, PriceSource]
     prices_date: str
+
+    @property
+    def prices_source(self) -> str:
+        """The default (non-us-east-1) source, for callers that want one line."""
+        return self.price_sources["default"].source
+
+    def price_source(self, region: str) -> PriceSource:
+        """Where the embedded instance prices of `region` were read."""
+        return self.price_sources.get(region) or self.price_sources["default"]
 
     def instance(self, name: str) -> InstanceType:
         try:
@@ -105,13 +127,16 @@ class Catalog:
 def load_catalog(path: Path = CATALOG_FILE) -> Catalog:
     raw = yaml.safe_load(path.read_text())
     types = {n: InstanceType(name=n, **spec) for n, spec in raw["instance_types"].items()}
-    regions = {n: RegionPrices(region=n, **spec) for n, spec in raw["region_prices"].items()}
+    regions = {n: RegionPrices(region=n, **{**spec, "notes": tuple(spec.get("notes", ()))})
+               for n, spec in raw["region_prices"].items()}
+    sources = {n: PriceSource(source=str(v["source"]), date=str(v["date"]))
+               for n, v in raw["price_sources"].items()}
     return Catalog(
         instance_types=types,
         region_prices=regions,
         surplus_credit_usd_per_vcpu_hour=raw["surplus_credit_usd_per_vcpu_hour"],
         lcu=raw["lcu"],
         hours_per_month=float(raw["hours_per_month"]),
-        prices_source=raw["prices_source"],
+        price_sources=sources,
         prices_date=str(raw["prices_date"]),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -79,43 +80,98 @@ def test_compare_bad_input(runs: tuple[Path, Path], tmp_path: Path,
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_plan_scale_up_wins_a_modest_target(runs: tuple[Path, Path]) -> None:
+def _fixture_summary(run: Path) -> tuple[dict[str, dict], float]:
+    summary = load_summary(run)
+    return {v["name"]: v for v in summary["variants"]}, float(summary["cpu_scale"])
+
+
+def test_plan_sustained_aws_equivalent_by_default(runs: tuple[Path, Path]) -> None:
     a, _ = runs
+    by_name, scale = _fixture_summary(a)
     options = {o.strategy: o for o in make_plan(a, 30)}
     assert set(options) == {"as is", "add swap", "scale up", "scale out"}
-    assert not options["as is"].reaches and not options["add swap"].reaches
+    as_is = options["as is"]
+    # t2.micro in standard mode: sustained = its 10 % baseline of the AWS-equivalent capacity
+    assert as_is.capacity_rps == pytest.approx(by_name["micro"]["capacity_rps"] / scale * 0.1,
+                                               rel=1e-3)
+    assert not as_is.reaches and "baseline 10%" in as_is.basis and "cannot grow" in as_is.note
     up = options["scale up"]
-    assert (up.instance_type, up.basis, up.reaches) == ("t3.medium", "measured", True)
-    out = options["scale out"]
-    assert out.count == 3 and out.reaches
+    assert up.reaches and up.capacity_rps >= 30
+    assert up.basis.startswith("extrapolated") and "measure it before buying" in up.note
     best = winner(list(options.values()))
     assert best is not None and best.strategy == "scale up"
+    # --burst plans on the burst figures: the same micro carries 1/baseline = 10× more
+    burst = {o.strategy: o for o in make_plan(a, 30, burst=True)}
+    assert burst["as is"].capacity_rps == pytest.approx(as_is.capacity_rps * 10, rel=1e-3)
+    assert burst["as is"].basis == "measured"
+    assert burst["scale out"].count < options["scale out"].count
+
+
+def test_plan_uses_measured_sustained_capacity(runs: tuple[Path, Path]) -> None:
+    a, _ = runs
+    micro = json.loads((a / "micro" / "result.json").read_text())
+    micro["sustained_capacity_rps"] = 1.5
+    (a / "micro" / "result.json").write_text(json.dumps(micro))
+    _, scale = _fixture_summary(a)
+    as_is = next(o for o in make_plan(a, 1) if o.strategy == "as is")
+    assert as_is.capacity_rps == pytest.approx(1.5 / scale) and as_is.basis == "measured"
+    assert as_is.reaches
 
 
 def test_plan_scale_out_count_uses_measured_efficiency(runs: tuple[Path, Path]) -> None:
     a, _ = runs
-    summary = {v["name"]: v for v in load_summary(a)["variants"]}
-    per_instance = summary["micro-swap"]["capacity_rps"]  # same setup as each scale-out box
-    efficiency = summary["scale-out"]["capacity_rps"] / (3 * per_instance)
-    options = {o.strategy: o for o in make_plan(a, 100)}
-    out = options["scale out"]
-    assert out.count == math.ceil(100 / (per_instance * min(1.0, efficiency)))
-    assert out.capacity_rps >= 100
-    # 10 boxes: instances, roots and addresses scale; the ALB (and its 2 addresses) does not
-    assert out.hourly_usd > 10 * 0.0116 + 0.0225 + 12 * 0.005
-    assert not options["scale up"].reaches  # no 2-vCPU type in the catalog reaches 100
-    assert winner(list(options.values())).strategy == "scale out"
+    by_name, scale = _fixture_summary(a)
+    single = by_name["micro-swap"]["capacity_rps"]  # same setup as each scale-out box
+    efficiency = by_name["scale-out"]["capacity_rps"] / (3 * single)
+    per_box = single / scale * 0.1 * min(1.0, efficiency)  # AWS-equivalent, sustained
+    out = {o.strategy: o for o in make_plan(a, 100)}["scale out"]
+    assert out.count == math.ceil(100 / per_box)
+    assert out.capacity_rps >= 100 and out.reaches
+    # instances, roots and addresses scale; the ALB (and its 2 addresses) does not
+    assert out.hourly_usd is not None
+    assert out.hourly_usd > out.count * 0.0116 + 0.0225 + (out.count + 2) * 0.005
+
+
+def test_plan_scale_up_charges_unlimited_surplus(runs: tuple[Path, Path]) -> None:
+    """An unlimited-mode T3 kept above its baseline bills surplus credits at the target."""
+    a, _ = runs
+    low = {o.strategy: o for o in make_plan(a, 5)}["scale up"]
+    high = {o.strategy: o for o in make_plan(a, 20)}["scale up"]
+    assert low.instance_type == high.instance_type == "t3a.medium"  # same box, more load
+    assert high.hourly_usd is not None and low.hourly_usd is not None
+    demand = 2 / low.capacity_rps  # CPU-seconds per request (2 vCPUs at capacity)
+    # 5 req/s stays under the 0.4-vCPU baseline; 20 req/s bills the rest at $0.05/vCPU-h
+    assert 5 * demand < 0.4
+    assert high.hourly_usd - low.hourly_usd == pytest.approx((20 * demand - 0.4) * 0.05,
+                                                             rel=0.02)
+    # at 60 req/s the surplus makes a fixed-performance box cheaper
+    assert {o.strategy: o for o in make_plan(a, 60)}["scale up"].instance_type == "c6i.large"
 
 
 def test_plan_small_target_keeps_the_small_box(runs: tuple[Path, Path]) -> None:
     a, _ = runs
-    options = make_plan(a, 5)
+    options = make_plan(a, 2)
     as_is = next(o for o in options if o.strategy == "as is")
-    assert as_is.reaches and as_is.basis == "measured" and as_is.count == 1
+    assert as_is.reaches and as_is.count == 1
     best = winner(options)
     assert best is not None and best.count == 1
     assert best.monthly_usd == min(o.monthly_usd for o in options if o.reaches)
-    assert best.monthly_usd <= as_is.monthly_usd
+
+
+def test_plan_absurd_target_stays_bounded(runs: tuple[Path, Path],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    a, _ = runs
+    options = {o.strategy: o for o in make_plan(a, 1e12)}
+    assert not any(o.reaches for o in options.values())
+    out = options["scale out"]
+    assert out.configuration.startswith("over 1,000 ×") and out.monthly_usd is None
+    assert "1,000 targets" in out.note
+    assert "no single instance type" in options["scale up"].note
+    assert options["scale up"].capacity_rps < 1e4
+    assert plan_command(1e12, a) == 1
+    text = capsys.readouterr().out
+    assert "over 1,000" in text and "No strategy reaches the target" in text
+    assert not re.search(r"\d{1,3}(,\d{3}){3,}", text)  # nothing in the billions
 
 
 def test_plan_command_default_run_and_bad_input(runs: tuple[Path, Path], tmp_path: Path,
@@ -127,7 +183,7 @@ def test_plan_command_default_run_and_bad_input(runs: tuple[Path, Path], tmp_pat
     assert newest_run() == Path("results") / "b"
     assert plan_command(30, None) == 0
     assert "Winner: scale up" in capsys.readouterr().out
-    for bad in (0, -5):
+    for bad in (0, -5, float("nan"), float("inf")):
         with pytest.raises(UserError, match="--target-rps must be a request rate above 0"):
             plan_command(bad, a)
     assert main(["plan", "--target-rps", "-1", "--from", str(a)]) == 2

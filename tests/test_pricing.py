@@ -201,3 +201,74 @@ def test_two_matching_products_are_not_guessed_between(tmp_path: Path) -> None:
     note = table.notes[-1]
     assert "2 products for t2.micro in us-east-1 where one was expected" in note
     assert "USE1-HostBoxUsage:t2.micro" in note and "embedded prices" in note
+def test_live_prices_a_region_outside_the_embedded_table(tmp_path: Path) -> None:
+    """sa-east-1 has no embedded prices: the Price List API alone prices it (and is cached)."""
+    client = _client()
+    with Stubber(client) as stub:
+        _queue_full_answer(stub, region="sa-east-1", t2="0.0186")
+        table = live_prices("sa-east-1", ["t2.micro"], client=client, cache=tmp_path,
+                            today=TODAY)
+        stub.assert_no_pending_responses()
+    assert table.instance("t2.micro") == 0.0186 and table.region == "sa-east-1"
+    assert table.source == "AWS Price List API (2026-11-25)"
+
+
+def test_live_prices_a_type_unpriced_in_the_region(tmp_path: Path) -> None:
+    """m7i.large has no embedded ap-southeast-1 price; live pricing fills it."""
+    client = _client()
+    with Stubber(client) as stub:
+        _expect(stub, "AmazonEC2", [_item("0.1176", "APS1-BoxUsage:m7i.large")],
+                instanceType="m7i.large", regionCode="ap-southeast-1", operatingSystem="Linux",
+                tenancy="Shared", preInstalledSw="NA", capacitystatus="Used")
+        _expect(stub, "AWSELB", [_item("0.0252", "APS1-LoadBalancerUsage"),
+                                 _item("0.008", "APS1-LCUUsage", "LCU-Hrs")],
+                productFamily="Load Balancer-Application", regionCode="ap-southeast-1")
+        _expect(stub, "AmazonEC2", [_item("0.096", "APS1-EBS:VolumeUsage.gp3", "GB-Mo")],
+                productFamily="Storage", volumeApiName="gp3", regionCode="ap-southeast-1")
+        _expect(stub, "AmazonVPC", [_item("0.005", "APS1-PublicIPv4:InUseAddress")],
+                regionCode="ap-southeast-1")
+        table = live_prices("ap-southeast-1", ["m7i.large"], client=client, cache=tmp_path,
+                            today=TODAY)
+    assert table.instance("m7i.large") == 0.1176 and table.alb_hour == 0.0252
+
+
+def test_unreachable_api_outside_the_table_is_one_sentence(tmp_path: Path) -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    class Offline:
+        def get_products(self, **_: Any) -> Any:
+            raise EndpointConnectionError(endpoint_url="https://pricing.us-east-1.amazonaws.com")
+
+    from experiments.errors import UserError
+
+    with pytest.raises(UserError) as region_err:
+        live_prices("sa-east-1", ["t2.micro"], client=Offline(), cache=tmp_path, today=TODAY)
+    msg = str(region_err.value)
+    assert "live prices for sa-east-1 failed" in msg and "no prices for sa-east-1" in msg
+    assert "\n" not in msg
+    with pytest.raises(UserError, match="no ap-southeast-1 price for m7i.large"):
+        live_prices("ap-southeast-1", ["m7i.large"], client=Offline(), cache=tmp_path,
+                    today=TODAY)
+    # inside the table the same outage falls back to the embedded price with a note
+    table = live_prices("eu-west-1", ["t3.micro"], client=Offline(), cache=tmp_path, today=TODAY)
+    assert table.instance("t3.micro") == 0.0114
+    assert any("live prices unavailable" in n for n in table.notes)
+
+
+def test_cost_command_any_region_with_live_prices(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    client = _client()
+    stub = Stubber(client)
+    _queue_full_answer(stub, region="sa-east-1", t2="0.0186")
+    stub.activate()
+    monkeypatch.setattr(pricing, "client_factory", lambda: client)
+    try:
+        assert main(["cost", "--variants", "micro", "--region", "sa-east-1", "--live-prices",
+                     "--json"]) == 0
+    finally:
+        stub.deactivate()
+    data = json.loads(capsys.readouterr().out)
+    assert data[0]["region"] == "sa-east-1" and data[0]["items"]["instances"] == 0.0186
+    # without --live-prices the region is refused in one sentence
+    assert main(["cost", "--variants", "micro", "--region", "sa-east-1"]) == 2
+    assert "unknown region 'sa-east-1'" in capsys.readouterr().err

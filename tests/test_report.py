@@ -130,3 +130,65 @@ def test_bad_run_dirs_are_one_sentence(tmp_path: Path,
     assert main(["report", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("scalelab: run folder") and "\n" not in err
+
+
+FIT_PROBE = """<script>
+  const table = document.getElementById('comparison-table');
+  const card = document.getElementById('comparison');
+  const style = getComputedStyle(card);
+  const inner = card.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  const probe = document.createElement('div');
+  probe.id = 'fit-probe';
+  probe.textContent = 'table=' + table.scrollWidth + ' card=' + Math.floor(inner);
+  document.body.appendChild(probe);
+</script></body>"""
+
+
+def _stressed_copy(src: Path, dst: Path) -> Path:
+    """The fixture with the widest figures a run can carry: big capacities, an interval, a
+    measured sustained capacity and the longest failure name."""
+    shutil.copytree(src, dst)
+    for name in VARIANTS:
+        path = dst / name / "result.json"
+        data = json.loads(path.read_text())
+        data.update(capacity_rps=12345.67, sustained_capacity_rps=1234.5,
+                    capacity_ci95=[11000.25, 13500.75], p95_ms_at_capacity=12345.6)
+        data["failure"]["kind"] = "cpu_credits_exhausted"
+        data["cost"]["monthly_usd"] = 123456.78
+        path.write_text(json.dumps(data))
+    build_report(dst)
+    return dst
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_comparison_table_fits_its_card_at_1400px(built: tuple[Path, list[Path]],
+                                                  tmp_path: Path) -> None:
+    run, _ = built
+    stressed = _stressed_copy(FIXTURE, tmp_path / "stressed")
+    assert "≈ 24,691.3 AWS" in (stressed / "report.html").read_text()  # 12,345.67 / 0.5
+    for folder in (run, stressed):
+        page = tmp_path / f"probe-{folder.name}.html"
+        page.write_text((folder / "report.html").read_text().replace("</body>", FIT_PROBE))
+        dom = _chromium(["--dump-dom", "--window-size=1400,1000", page.as_uri()], tmp_path).stdout
+        found = re.search(r'id="fit-probe">table=(\d+) card=(\d+)<', dom)
+        assert found, dom[-500:]
+        table, card = int(found.group(1)), int(found.group(2))
+        assert table <= card, f"{folder.name}: the table is {table} px wide in a {card} px card"
+
+
+def test_estimates_in_every_report_form(built: tuple[Path, list[Path]]) -> None:
+    run, _ = built
+    summary = json.loads((run / "summary.json").read_text())
+    scale = summary["cpu_scale"]
+    rows = {r["variant"]: r for r in csv.DictReader(io.StringIO((run / "summary.csv").read_text()))}
+    html = (run / "report.html").read_text()
+    md = (run / "summary.md").read_text()
+    for v in summary["variants"]:
+        est = v["aws_estimate"]
+        assert est["capacity_rps"] == pytest.approx(v["capacity_rps"] / scale, abs=0.01)
+        assert est["p95_ms_at_capacity"] == pytest.approx(v["p95_ms_at_capacity"] * scale, abs=0.1)
+        assert float(rows[v["name"]]["aws_capacity_rps"]) == est["capacity_rps"]
+        assert f"≈ {est['capacity_rps']:,.1f} AWS" in html
+        assert f"| {v['name']} | {est['capacity_rps']:,.1f} |" in md
+    assert 'id="aws-estimates"' in html and "loopback has no network latency" in html
+    assert "Assumptions:" in md and "disk I/O (swap) is not dilated" in md

@@ -90,7 +90,8 @@ def _variant_view(store: RunStore, entry: dict[str, Any], row: dict[str, Any],
 def _row_view(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "variant": r["variant"], "instances": tables.instances_text(r),
-        "capacity": tables.fmt_capacity(r),
+        "capacity": tables.fmt_num(r["capacity_rps"]),
+        "capacity_ci": tables.fmt_interval(r.get("capacity_ci95_low"), r.get("capacity_ci95_high")),
         "p95": tables.fmt_num(r["p95_ms_at_capacity"], 0, " ms"),
         "survival": tables.fmt_survival(r), "survival_held": r["survival_held"],
         "failure_kind": r["failure_kind"] or "—",
@@ -98,6 +99,31 @@ def _row_view(r: dict[str, Any]) -> dict[str, Any]:
         "per_million": tables.fmt_usd(r["usd_per_million_requests"], 3),
         "per_dollar": tables.fmt_num(r["capacity_per_usd_hour"], 0),
         "cost_items": {k: tables.fmt_usd(v) if v else "—" for k, v in r["cost_items"].items()},
+        **_aws_view(r),
+    }
+
+
+def _aws_view(r: dict[str, Any]) -> dict[str, Any]:
+    """The "≈ on AWS" line under each measured figure ('' when the run has no estimate)."""
+    def fmt(value: Any, text: str) -> str:
+        return "" if value is None else text
+
+    ci = tables.fmt_ci(r)
+    sustained = r.get("aws_sustained_capacity_rps")
+    survival = r.get("aws_survival_s")
+    return {
+        "aws_capacity": fmt(r.get("aws_capacity_rps"),
+                            f"≈ {tables.fmt_num(r.get('aws_capacity_rps'))}"),
+        "aws_ci": f"{ci}" if ci else "",
+        "aws_sustained": tables.fmt_num(sustained)
+        if sustained is not None and r.get("aws_sustained_measured") else "",
+        "aws_p95": fmt(r.get("aws_p95_ms_at_capacity"),
+                       f"≈ {tables.fmt_num(r.get('aws_p95_ms_at_capacity'), 0, ' ms')}"),
+        "aws_survival": fmt(survival, f"≈ {tables.fmt_num(survival, 0, ' s')}"),
+        "aws_per_million": fmt(r.get("aws_usd_per_million_requests"),
+                               f"≈ {tables.fmt_usd(r.get('aws_usd_per_million_requests'), 3)}"),
+        "aws_per_dollar": fmt(r.get("aws_capacity_per_usd_hour"),
+                              f"≈ {tables.fmt_num(r.get('aws_capacity_per_usd_hour'), 0)}"),
     }
 
 
@@ -118,8 +144,13 @@ def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, A
         profile=(info.get("config") or {}).get("profile"),
         emulated=summary.get("backend") == "local", cpu_scale=summary.get("cpu_scale"),
         rows=[_row_view(r) for r in rows], best=best,
+        estimated=any(r.get("aws_capacity_rps") is not None for r in rows)
+        and summary.get("backend") != "aws",
+        aws_assumptions=tables.aws_assumptions(rows),
         context=tables.run_context(summary, info),
-        cost_chart=_b64(plots.cost_capacity_chart(rows, best)), cost_items=COST_ITEMS,
+        cost_chart=_b64(plots.cost_capacity_chart(
+            rows, best, summary.get("cpu_scale") if summary.get("backend") == "local" else None)),
+        cost_items=COST_ITEMS,
         cost_notes=list(dict.fromkeys(n for r in rows for n in r["cost_notes"])),
         variants=variants, run_dir=str(store.dir), git_revision=info.get("git_revision"),
     )

@@ -19,18 +19,24 @@ def print_summary_table(summary: dict[str, Any], variants: list[VariantSummary],
     emulated = (f", cpu_scale {summary['cpu_scale']:.2f}, emulated"
                 if summary.get("cpu_scale") else "")
     table = Table(title=f"scalelab run {summary['run_id']} ({summary.get('backend')}{emulated})")
-    for column in ("variant", "instances", "capacity (req/s)", "p95 at capacity",
-                   "survival", "failure", "$/hour", "$ per M req"):
+    estimated = summary.get("backend") == "local" and any(v.aws_estimate for v in variants)
+    columns = ["variant", "instances", "capacity (req/s)", "p95 at capacity", "survival",
+               "failure", "$/hour", "$ per M req"]
+    if estimated:
+        columns.insert(3, "≈ AWS req/s")
+    for column in columns:
         table.add_column(column, justify="left" if column in LEFT else "right")
     for v in variants:
         per_million = v.cost.get("usd_per_million_requests")
         loss = v.survival.first_worker_loss_s
+        aws = (v.aws_estimate or {}).get("capacity_rps")
         table.add_row(
             v.name,
             f"{v.count}×{v.instance_type}" + ("+ALB" if v.load_balancer else "")
             + (f", swap {v.swap_mib / 1024:g} GiB" if v.swap_mib else ""),
             f"{v.capacity_rps:.1f}" + ("" if v.capacity_ci95 is None else
                                        f" ({v.capacity_ci95[0]:.1f}–{v.capacity_ci95[1]:.1f})"),
+            *([("—" if aws is None else f"{aws:.1f}")] if estimated else []),
             "—" if v.p95_ms_at_capacity is None else f"{v.p95_ms_at_capacity:.0f} ms",
             ("held" if v.survival.held else f"{v.survival.seconds:.0f} s")
             + ("" if loss is None else f" (worker lost at {loss:.0f} s)"),
@@ -39,6 +45,10 @@ def print_summary_table(summary: dict[str, Any], variants: list[VariantSummary],
             "—" if per_million is None else f"{per_million:.3f}",
         )
     out.print(table)
+    if estimated:
+        out.print(f"  ≈ AWS req/s: an estimate (capacity × 1/cpu_scale) assuming a host core "
+                  f"({summary.get('host_cpu') or 'CPU not recorded'}) ≈ one vCPU; the other "
+                  "assumptions are in the report.", highlight=False)
 
 
 def build_report_or_say_how(run_dir: Path, out: Console) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
@@ -156,8 +157,13 @@ def timeline_chart(name: str, signals: Sequence[SignalSample], failure_at: float
     return png(fig)
 
 
-def cost_capacity_chart(rows: Sequence[dict[str, Any]], best: str | None) -> bytes:
-    """Capacity against dollars per hour; lines of equal capacity-per-dollar show value."""
+def cost_capacity_chart(rows: Sequence[dict[str, Any]], best: str | None,
+                        cpu_scale: float | None = None) -> bytes:
+    """Capacity against dollars per hour; lines of equal capacity-per-dollar show value.
+
+    With a cpu_scale (local runs) a right-hand axis reads the same points as AWS-equivalent
+    capacity (× 1/cpu_scale, experiments/estimate.py), so the chart needs no second set of dots.
+    """
     fig, ax = plt.subplots(figsize=(7.6, 4.4))
     points = [r for r in rows if r.get("hourly_usd") and r.get("capacity_rps") is not None]
     xmax = max([r["hourly_usd"] for r in points] + [0.01]) * 1.3
@@ -185,6 +191,18 @@ def cost_capacity_chart(rows: Sequence[dict[str, Any]], best: str | None) -> byt
                     fontweight="bold" if is_best else "normal")
     ax.set(xlim=(0, xmax), ylim=(0, ymax), xlabel="cost (USD per hour)",
            ylabel="capacity (requests/s)", title="What each dollar buys")
+    if cpu_scale and cpu_scale > 0:
+        scale = float(cpu_scale)
+
+        def to_aws(y: Any) -> Any:
+            return np.asarray(y, dtype=float) / scale
+
+        def to_local(y: Any) -> Any:
+            return np.asarray(y, dtype=float) * scale
+
+        aws = ax.secondary_yaxis("right", functions=(to_aws, to_local))
+        aws.set_ylabel("≈ AWS-equivalent capacity (requests/s)", color=ACCENT)
+        aws.tick_params(colors=ACCENT)
     if best:
         ax.text(0.01, 0.98, f"★ most capacity per dollar: {best}", transform=ax.transAxes,
                 va="top", color=PASS, fontweight="bold")

@@ -17,6 +17,10 @@ CSV_COLUMNS = [
     "p95_ms_at_capacity", "survival_s", "survival_held", "failure_kind", "failure_summary",
     "hourly_usd", "monthly_usd", "usd_per_million_requests", "capacity_per_usd_hour", "region",
     "capacity_ci95_low", "capacity_ci95_high", "capacity_rsd", "capacity_runs",
+    # AWS-equivalent estimates (experiments/estimate.py), after the measured figures
+    "aws_capacity_rps", "aws_capacity_ci95_low", "aws_capacity_ci95_high",
+    "aws_sustained_capacity_rps", "aws_p95_ms_at_capacity", "aws_survival_s",
+    "aws_usd_per_million_requests", "aws_capacity_per_usd_hour",
 ]
 
 
@@ -49,8 +53,37 @@ def variant_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "capacity_ci95_high": v.capacity_ci95[1] if v.capacity_ci95 else None,
             "capacity_rsd": v.capacity_rsd,
             "capacity_runs": " ".join(f"{r:g}" for r in v.capacity_runs) or None,
+            **aws_fields(v.aws_estimate),
         })
     return rows
+
+
+def aws_fields(estimate: dict[str, Any] | None) -> dict[str, Any]:
+    """The flat `aws_*` row fields of one variant's `aws_estimate` (None where absent)."""
+    est = estimate or {}
+    ci = est.get("capacity_ci95") or [None, None]
+    return {
+        "aws_capacity_rps": est.get("capacity_rps"),
+        "aws_capacity_ci95_low": ci[0], "aws_capacity_ci95_high": ci[1],
+        "aws_sustained_capacity_rps": est.get("sustained_capacity_rps"),
+        "aws_sustained_measured": bool(est.get("sustained_measured")),
+        "aws_p95_ms_at_capacity": est.get("p95_ms_at_capacity"),
+        "aws_survival_s": est.get("survival_seconds"),
+        "aws_usd_per_million_requests": est.get("usd_per_million_requests"),
+        "aws_capacity_per_usd_hour": est.get("capacity_per_usd_hour"),
+        "aws_basis": est.get("basis"),
+        "aws_assumptions": list(est.get("assumptions") or []),
+    }
+
+
+def aws_assumptions(rows: list[dict[str, Any]]) -> list[str]:
+    """The estimates' stated assumptions, once (they are the same for every variant of a run)."""
+    return list(dict.fromkeys(a for r in rows for a in r.get("aws_assumptions") or []))
+
+
+def fmt_ci(row: dict[str, Any]) -> str:
+    low, high = row.get("aws_capacity_ci95_low"), row.get("aws_capacity_ci95_high")
+    return "" if low is None or high is None else f"{low:,.1f}–{high:,.1f}"
 
 
 def best_value(rows: list[dict[str, Any]]) -> str | None:
@@ -85,11 +118,13 @@ def fmt_usd(value: float | None, digits: int = 4) -> str:
 
 def fmt_capacity(row: dict[str, Any]) -> str:
     """Capacity with its 95 % interval when the run repeated its searches: `31.0 (28.4–33.6)`."""
-    text = fmt_num(row.get("capacity_rps"))
-    low, high = row.get("capacity_ci95_low"), row.get("capacity_ci95_high")
-    if low is not None and high is not None:
-        text += f" ({low:,.1f}–{high:,.1f})"
-    return text
+    interval = fmt_interval(row.get("capacity_ci95_low"), row.get("capacity_ci95_high"))
+    return fmt_num(row.get("capacity_rps")) + (f" ({interval})" if interval else "")
+
+
+def fmt_interval(low: float | None, high: float | None) -> str:
+    """`28.4–33.6`, or "" when the run has no interval (one search)."""
+    return "" if low is None or high is None else f"{low:,.1f}–{high:,.1f}"
 
 
 def fmt_survival(row: dict[str, Any]) -> str:
@@ -121,7 +156,8 @@ def run_context(summary: dict[str, Any], info: dict[str, Any]) -> list[str]:
         scale = summary.get("cpu_scale")
         lines.append(f"Local run: every instance was emulated on one host (cgroups + HAProxy) "
                      f"with cpu_scale {scale if scale is not None else '?'} host cores per vCPU, "
-                     "so capacities are emulated: compare them with each other, not with AWS.")
+                     "so capacities are emulated: compare them with each other; the AWS-"
+                     "equivalent figures are estimates (× 1/cpu_scale) with stated assumptions.")
     profile = (info.get("config") or {}).get("profile")
     if profile:
         lines.append(f"Measurement profile: {profile}.")
@@ -162,6 +198,25 @@ def to_markdown(summary: dict[str, Any], rows: list[dict[str, Any]],
         out.append("")
         out += [f"- `{line}`" for line in r["evidence"]] or ["- (no evidence recorded)"]
         out.append("")
+    estimated = [r for r in rows if r.get("aws_capacity_rps") is not None]
+    if estimated and summary.get("backend") != "aws":
+        out += ["## AWS-equivalent estimates", "",
+                f"Local figures scaled by cpu_scale {summary.get('cpu_scale')}: capacity × 1/s, "
+                "latency and survival × s. Estimates, not measurements.", "",
+                "| variant | capacity (req/s) | 95 % interval | sustained (req/s) | "
+                "p95 at capacity | survival | $ per million req | req/s per $/h |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in estimated:
+            survival = fmt_num(r["aws_survival_s"], 0, " s")
+            if r["survival_held"]:
+                survival += " (held)"
+            out.append(" | ".join([
+                f"| {r['variant']}", fmt_num(r["aws_capacity_rps"]), fmt_ci(r) or "—",
+                fmt_num(r["aws_sustained_capacity_rps"]) if r["aws_sustained_measured"] else "—",
+                fmt_num(r["aws_p95_ms_at_capacity"], 0, " ms"), survival,
+                fmt_usd(r["aws_usd_per_million_requests"], 3),
+                fmt_num(r["aws_capacity_per_usd_hour"], 0)]) + " |")
+        out += ["", "Assumptions:", ""] + [f"- {a}" for a in aws_assumptions(estimated)] + [""]
     notes = list(dict.fromkeys(n for r in rows for n in r["cost_notes"]))
     if notes:
         out += ["## Cost notes", ""] + [f"- {n}" for n in notes] + [""]

@@ -1,0 +1,96 @@
+"""AWS-equivalent estimates: capacity × 1/s, latency × s, survival × s, money follows capacity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments.estimate import assumptions, host_cpu_model, variant_estimate, with_estimates
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_fixture"
+
+ENTRY = {
+    "name": "micro", "capacity_rps": 12.0, "capacity_ci95": [11.0, 13.5],
+    "p95_ms_at_capacity": 300.0, "survival": {"seconds": 90.0, "held": False},
+    "cost": {"hourly_usd": 0.02},
+}
+
+
+def test_scaling_rules_at_one_third() -> None:
+    est = variant_estimate(ENTRY, 1 / 3, host_cpu="Test CPU")
+    assert est is not None
+    assert est["capacity_rps"] == pytest.approx(36.0)
+    assert est["capacity_ci95"] == pytest.approx([33.0, 40.5])
+    assert est["p95_ms_at_capacity"] == pytest.approx(100.0)
+    assert est["survival_seconds"] == pytest.approx(30.0)
+    # no sustained figure measured: falls back to capacity, and says so
+    assert est["sustained_capacity_rps"] == est["capacity_rps"] and not est["sustained_measured"]
+    # the price is the same, the capacity 3× → $ per million requests ÷ 3
+    assert est["usd_per_million_requests"] == pytest.approx(0.02 / (36 * 3600) * 1e6, rel=1e-4)
+    assert est["capacity_per_usd_hour"] == pytest.approx(36 / 0.02)
+    assert any("Test CPU" in a for a in est["assumptions"])
+    assert any("loopback" in a for a in est["assumptions"])
+    assert any("disk I/O" in a for a in est["assumptions"])
+
+
+def test_sustained_and_interval_forms() -> None:
+    entry = {**ENTRY, "sustained_capacity_rps": 1.5, "capacity_ci95": {"low": 10, "high": 14}}
+    est = variant_estimate(entry, 0.5, host_cpu="x")
+    assert est is not None
+    assert est["sustained_capacity_rps"] == 3.0 and est["sustained_measured"]
+    assert est["capacity_ci95"] == [20.0, 28.0]
+    assert est["sustained_capacity_per_usd_hour"] == pytest.approx(3.0 / 0.02)
+    assert variant_estimate({**ENTRY, "capacity_ci95": "n/a"}, 0.5, host_cpu="x")[
+        "capacity_ci95"] is None
+
+
+def test_missing_figures_and_bad_scale() -> None:
+    est = variant_estimate({"name": "x", "capacity_rps": None}, 0.5, host_cpu="x")
+    assert est is not None and est["capacity_rps"] is None
+    assert est["usd_per_million_requests"] is None
+    assert variant_estimate(ENTRY, None) is None and variant_estimate(ENTRY, 0) is None
+    aws = variant_estimate(ENTRY, None, backend="aws")
+    assert aws is not None and aws["capacity_rps"] == 12.0 and aws["basis"] == "measured on AWS"
+    assert aws["assumptions"] == []
+
+
+def test_with_estimates_keeps_measured_keys(tmp_path: Path) -> None:
+    summary = json.loads((FIXTURE / "summary.json").read_text())
+    out = with_estimates(summary, host_cpu="Fixture CPU")
+    assert out["host_cpu"] == "Fixture CPU"
+    for before, after in zip(summary["variants"], out["variants"], strict=True):
+        assert {k: after[k] for k in before} == before  # measured figures untouched
+        est = after["aws_estimate"]
+        assert est["capacity_rps"] == pytest.approx(before["capacity_rps"] / summary["cpu_scale"],
+                                                    abs=0.01)
+    assert "aws_estimate" not in summary["variants"][0]  # the input is not mutated
+
+
+def test_host_cpu_model_reads_proc_format(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                    "model name\t: Intel(R) Xeon(R)   CPU @ 2.20GHz\n")
+    assert host_cpu_model(info) == "Intel(R) Xeon(R) CPU @ 2.20GHz"
+    assert host_cpu_model(tmp_path / "missing") == "unknown"
+    assert host_cpu_model() != ""  # the real host: a name or 'unknown', never empty
+    assert "host CPU: Z" in assumptions("Z")[0]
+
+
+def test_run_json_records_the_measuring_host_cpu(tmp_path: Path) -> None:
+    """The estimate names the CPU of the host that measured, not of the one rebuilding."""
+    import shutil
+
+    from experiments import provenance
+    from experiments.results import RunStore
+
+    assert provenance.host()["cpu_model"] == host_cpu_model()
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    info = json.loads((run / "run.json").read_text())
+    info["host"]["cpu_model"] = "Recorded CPU 9000"
+    (run / "run.json").write_text(json.dumps(info))
+    summary = RunStore.open(run).summary()
+    assert summary["host_cpu"] == "Recorded CPU 9000"
+    assert "host CPU: Recorded CPU 9000" in summary["variants"][0]["aws_estimate"]["assumptions"][0]
