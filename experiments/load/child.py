@@ -6,7 +6,8 @@ with gevent; that is why this is a separate process and the parent never imports
 
 Protocol (one JSON object per line). Parent -> child on stdin:
     {"cmd": "step", "offered_rps": 40, "warmup_s": 5, "hold_s": 15}
-    {"cmd": "survival", "users": 100, "limit_s": 120}
+    {"cmd": "survival", "users": 100, "limit_s": 120}   (closed loop) or
+    {"cmd": "survival", "offered_rps": 40, "limit_s": 120, "dilation": 3.0}   (open model)
     {"cmd": "quit"}
 Child -> parent on the original stdout (fd 1 is redirected to stderr, so a print() in a
 locustfile cannot corrupt the protocol):
@@ -308,14 +309,24 @@ class Child:
         )
         return result.to_dict()
 
-    def survival(self, users: int, limit_s: float) -> dict[str, Any]:
-        """Closed-loop overload (no wait between requests), judged each second."""
+    def survival(self, users: int, limit_s: float, offered_rps: float | None = None,
+                 dilation: float = 1.0) -> dict[str, Any]:
+        """A fixed load judged each second: `offered_rps` arrivals/s (open model, paced like
+        a step, the pool spawned at the offered rate) or, without it, a closed-loop overload
+        of `users` back-to-back users. The rule's windows are stretched by `dilation`."""
         self._stop()
-        self.collector.pace(self.user_class, None)
+        if offered_rps:
+            pool = pool_for(offered_rps, 1.0, max(1, self.workers))
+            users = pool.users
+            self.collector.pace(self.user_class, pool.per_user_rps)
+            spawn_rate = pool.spawn_rate
+        else:
+            self.collector.pace(self.user_class, None)
+            spawn_rate = float(max(users, 1))  # the whole pool within ~1 s
         self.collector.swap()
         started_at, t0 = time.time(), time.monotonic()
-        self._start(users, spawn_rate=float(max(users, 1)))  # the whole pool within ~1 s
-        rule = SurvivalRule()
+        self._start(users, spawn_rate=spawn_rate)
+        rule = SurvivalRule(dilation)
         timeline: list[dict[str, float]] = []
         verdict = None
         for k in range(1, max(1, math.ceil(limit_s)) + 1):
@@ -340,12 +351,14 @@ class Child:
         if verdict is None:
             seconds = min(float(limit_s), timeline[-1]["t"] if timeline else 0.0)
             result = SurvivalResult(seconds=seconds, held=True, limit_s=limit_s, users=users,
-                                    started_at=started_at, timeline=timeline)
+                                    started_at=started_at, timeline=timeline,
+                                    offered_rps=offered_rps, dilation=dilation)
         else:
             result = SurvivalResult(
                 seconds=verdict.failed_at_s, held=False, limit_s=limit_s, users=users,
                 started_at=started_at, failed_at=started_at + verdict.failed_at_s,
-                reason=verdict.reason, timeline=timeline,
+                reason=verdict.reason, timeline=timeline, offered_rps=offered_rps,
+                dilation=dilation,
             )
         return result.to_dict()
 
@@ -365,7 +378,10 @@ class Child:
                                        float(command["hold_s"]))
                     self.send({"type": "step", "result": result})
                 elif name == "survival":
-                    result = self.survival(int(command["users"]), float(command["limit_s"]))
+                    result = self.survival(int(command.get("users", 0)),
+                                           float(command["limit_s"]),
+                                           command.get("offered_rps"),
+                                           float(command.get("dilation", 1.0)))
                     self.send({"type": "survival", "result": result})
                 else:
                     self.send({"type": "error", "kind": "internal",
