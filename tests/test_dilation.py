@@ -47,11 +47,13 @@ def test_haproxy_health_check_and_idle_timeouts_are_stretched(tmp_path: Path) ->
                                          unhealthy_threshold=2))
     targets = [Target(f"i{i}", f"127.9.9.{10 + i}", 8000) for i in range(3)]
     cfg = render_config(v, "127.9.9.1", 8080, targets, tmp_path / "s.sock", dilation=3.0)
-    assert "default-server inter 15000ms fall 2 rise 2" in cfg  # thresholds are counts
-    assert "timeout check 12000ms" in cfg
-    assert "timeout server 180000ms" in cfg and "timeout client 180000ms" in cfg
+    assert "default-server inter 15s fall 2 rise 2" in cfg  # thresholds are counts
+    assert "timeout check 12s" in cfg
+    assert "timeout server 180s" in cfg and "timeout client 180s" in cfg
+    odd = render_config(v, "127.9.9.1", 8080, targets, tmp_path / "s.sock", dilation=1 / 0.33)
+    assert "inter 15152ms" in odd and "timeout check 12121ms" in odd
     plain = render_config(v, "127.9.9.1", 8080, targets, tmp_path / "s.sock")
-    assert "inter 5000ms" in plain and "timeout check 4000ms" in plain
+    assert "inter 5s" in plain and "timeout check 4s" in plain and "timeout server 60s" in plain
     # HAProxy itself accepts the dilated file.
     path = tmp_path / "haproxy.cfg"
     path.write_text(cfg)

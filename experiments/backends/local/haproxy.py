@@ -48,8 +48,9 @@ def haproxy_binary() -> str:
 
 
 def _ms(seconds: float, dilation: float) -> str:
-    """HAProxy time in milliseconds (dilated values are rarely whole seconds)."""
-    return f"{round(seconds * dilation * 1000)}ms"
+    """HAProxy time: whole seconds as `7s`, else milliseconds (dilated values rarely are)."""
+    ms = round(seconds * dilation * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
 def render_config(variant: Variant, bind_host: str, bind_port: int, targets: list[Target],
