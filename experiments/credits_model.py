@@ -123,3 +123,47 @@ def vcpus_used_during(step: StepResult, signals: list[SignalSample],
         return None
     per_instance = sum(inside) / len(inside)  # one sample per instance per second
     return per_instance / (cpu_scale if cpu_scale else 1.0)
+
+
+@dataclass
+class Sustained:
+    """The capacity once the credits are gone (standard mode), and where the figure came from."""
+
+    capacity_rps: float
+    source: str
+    """"measured" (a search with the balance emptied) or "estimated" (burst × baseline ÷ CPU)."""
+    used_vcpus_at_burst: float | None
+    steps: list[StepResult]
+    verdict: str = ""
+
+
+def burst_summary(it: InstanceType, mode: str, count: int, burst_rps: float,
+                  used_vcpus: float | None, sustained: Sustained | None) -> dict[str, Any]:
+    """summary.json's burst-vs-sustained keys for one variant.
+
+    `sustained_capacity_rps` equals `capacity_rps` where credits never throttle (fixed
+    performance, unlimited mode, or CPU at capacity within the baseline);
+    `credit_runway_minutes` is how long a full balance lasts at the CPU measured at capacity
+    (None where not applicable); `credit_runway` has the launch-credit figure and the rest.
+    """
+    runway = credit_runway(it, mode, used_vcpus) if used_vcpus is not None else None
+    if sustained is not None and mode == "standard" and not (runway and runway.never_runs_out):
+        sustained_rps, source = sustained.capacity_rps, sustained.source
+    elif it.burstable and mode == "standard" and runway is None:
+        sustained_rps, source = None, "unknown (no CPU samples at capacity)"
+    else:
+        sustained_rps = burst_rps
+        source = ("no credits (fixed performance)" if not it.burstable else
+                  "unlimited mode never throttles" if mode == "unlimited" else
+                  "CPU at capacity within the baseline")
+    out: dict[str, Any] = {
+        "sustained_capacity_rps": None if sustained_rps is None else round(sustained_rps, 2),
+        "sustained_source": source,
+        "credit_runway_minutes": (None if runway is None or runway.full_minutes is None
+                                  else round(runway.full_minutes, 1)),
+        "credit_runway": None,
+    }
+    if runway is not None:
+        out["credit_runway"] = {**runway.to_dict(), "instances": count,
+                                "text": runway.describe(burst_rps, sustained_rps)}
+    return out

@@ -41,6 +41,16 @@ class RunPlan:
     credits: str
     max_usd: float | None
     app_overrides: dict[str, str]
+    survival_rps: float | None = None
+    """--survival-rps: the survival test's rate for every variant (None = the smallest
+    variant's failing rate, chosen during the run and stored in run.json)."""
+    burst: bool = False
+    """--burst: the report ranks per-dollar on burst capacity instead of sustained."""
+
+    @property
+    def shop_hazard(self) -> bool:
+        """The survival load adds the shop's memory hazard (only the shop has it)."""
+        return not self.app_overrides
 
     def expected_hours(self) -> float:
         """Deploy + measure + destroy for one variant, in hours (partial hours bill as full)."""
@@ -55,6 +65,7 @@ class RunPlan:
             "created_at": time.time(),
             "variants": [v.name for v in self.variants],
             "cpu_scale": getattr(backend, "cpu_scale", None),
+            "dilation": getattr(backend, "dilation", 1.0),
             "emulated": self.backend_name == "local",
             "slo": self.slo.to_dict(),
             "config": {
@@ -65,6 +76,8 @@ class RunPlan:
                 "credits": self.credits,
                 "max_usd": self.max_usd,
                 "app_overrides": self.app_overrides,
+                "survival_rps": self.survival_rps,
+                "burst": self.burst,
             },
             "versions": provenance.versions(),
             "git_revision": provenance.git_revision(),
@@ -84,7 +97,9 @@ def plan_run(args: argparse.Namespace) -> tuple[RunStore | None, RunPlan]:
                    profile=get_profile(args.profile), slo=Slo(p95_ms=args.slo_p95_ms),
                    locustfile=locustfile, load_workers=args.load_workers, out=args.out,
                    cpu_scale=args.cpu_scale if args.backend == "local" else None,
-                   credits=args.credits, max_usd=args.max_usd, app_overrides=overrides)
+                   credits=args.credits, max_usd=args.max_usd, app_overrides=overrides,
+                   survival_rps=getattr(args, "survival_rps", None),
+                   burst=bool(getattr(args, "burst", False)))
     if (args.out / run_id).exists():
         raise UserError(f"results folder {args.out / run_id} already exists; wait a second or "
                         "choose another --out.")
@@ -104,7 +119,8 @@ def _resumed(args: argparse.Namespace) -> tuple[RunStore, RunPlan]:
         locustfile=Path(config["locustfile"]), load_workers=config.get("load_workers", 0),
         out=args.out, cpu_scale=info.get("cpu_scale"),
         credits=config.get("credits", "launch"), max_usd=config.get("max_usd"),
-        app_overrides=overrides)
+        app_overrides=overrides, survival_rps=config.get("survival_rps"),
+        burst=bool(config.get("burst", False)))
     return store, plan
 
 

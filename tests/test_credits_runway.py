@@ -140,3 +140,48 @@ def test_reset_racing_the_sampler_leaves_the_balance_empty() -> None:
     finally:
         stop.set()
         t.join()
+
+
+# ---- summary keys and the per-dollar ranking ------------------------------------------------
+
+def test_burst_summary_for_each_kind_of_instance() -> None:
+    from experiments.credits_model import Sustained, burst_summary
+
+    measured = Sustained(4.5, "measured", 0.9, [])
+    micro = burst_summary(itype("t2.micro"), "standard", 1, 68.0, 0.9, measured)
+    assert micro["sustained_capacity_rps"] == 4.5 and micro["sustained_source"] == "measured"
+    assert micro["credit_runway_minutes"] == pytest.approx(180.0)  # 144 / (0.9 - 0.1)
+    assert micro["credit_runway"]["launch_minutes"] == pytest.approx(37.5)
+    assert micro["credit_runway"]["text"].startswith("68.0 req/s for 38 min (launch credits")
+    medium = burst_summary(itype("t3.medium"), "unlimited", 1, 120.0, 1.5, None)
+    assert medium["sustained_capacity_rps"] == 120.0 and medium["credit_runway_minutes"] is None
+    assert medium["credit_runway"]["surplus_credits_per_hour"] == pytest.approx(66.0)
+    fixed = burst_summary(itype("c6i.large"), "standard", 2, 300.0, 1.8, None)
+    assert fixed == {"sustained_capacity_rps": 300.0,
+                     "sustained_source": "no credits (fixed performance)",
+                     "credit_runway_minutes": None, "credit_runway": None}
+    idle = burst_summary(itype("t2.micro"), "standard", 1, 3.0, 0.05, measured)
+    assert idle["sustained_capacity_rps"] == 3.0  # within the baseline: credits never run out
+    unknown = burst_summary(itype("t2.micro"), "standard", 1, 68.0, None, None)
+    assert unknown["sustained_capacity_rps"] is None
+
+
+def test_the_star_ranks_sustained_capacity_unless_burst() -> None:
+    from experiments.report.tables import best_value, burst_lines, fmt_capacity
+
+    rows = [
+        {"variant": "micro-swap", "capacity_rps": 70.0, "sustained_capacity_rps": 4.6,
+         "capacity_per_usd_hour": 5000.0, "sustained_capacity_per_usd_hour": 330.0,
+         "runway_text": "70.0 req/s for 38 min (...), then 4.6 req/s",
+         "sustained_source": "measured"},
+        {"variant": "scale-up", "capacity_rps": 120.0, "sustained_capacity_rps": 120.0,
+         "capacity_per_usd_hour": 2400.0, "sustained_capacity_per_usd_hour": 2400.0},
+    ]
+    assert best_value(rows) == "scale-up"
+    assert best_value(rows, burst=True) == "micro-swap"
+    assert fmt_capacity(rows[0]) == "70.0 → 4.6" and fmt_capacity(rows[1]) == "120.0"
+    assert burst_lines(rows) == ["micro-swap: 70.0 req/s for 38 min (...), then 4.6 req/s "
+                                 "(sustained measured)"]
+    old_run = [{"variant": "a", "capacity_per_usd_hour": 10.0},
+               {"variant": "b", "capacity_per_usd_hour": 20.0}]
+    assert best_value(old_run) == "b"  # runs from before the split still rank

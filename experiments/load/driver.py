@@ -266,9 +266,11 @@ class LoadSession:
     def survival(
         self, users: int, limit_s: float, on_tick: Callable[[float], None] | None = None,
         offered_rps: float | None = None, dilation: float = 1.0,
+        hazard_path: str | None = None, hazard_rps: float = 0.0,
     ) -> SurvivalResult:
         """A fixed load for up to `limit_s` seconds: `offered_rps` open-model arrivals/s when
-        given (`users` is then ignored), else `users` closed-loop back-to-back users.
+        given (`users` is then ignored), else `users` closed-loop back-to-back users; plus
+        `hazard_rps` open-model arrivals/s of `hazard_path` (e.g. the shop's `?all=1`).
 
         Rule (experiments.load.survival): failed when over the last 5 s more than 50 % of
         requests were errors, or none succeeded for 30 s (both × `dilation`); otherwise held.
@@ -283,6 +285,10 @@ class LoadSession:
                                    "dilation": dilation}
         if offered_rps is not None:
             message["offered_rps"] = offered_rps
+        if hazard_path and hazard_rps > 0:
+            if not hazard_path.startswith("/"):
+                raise UserError(f"survival hazard path {hazard_path!r} must start with '/'")
+            message.update(hazard_path=hazard_path, hazard_rps=hazard_rps)
         self._require().send(message)
         tick = None if on_tick is None else (lambda m: on_tick(float(m["t"])))
         reply = self._expect("survival", limit_s + REPLY_MARGIN_S, tick)

@@ -29,6 +29,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 
 from experiments.model import Observations, SurvivalResult
+from stacks.variant import Variant
 
 WINDOW_S = 5
 MAX_ERROR_RATE = 0.5
@@ -51,6 +52,24 @@ def windows(dilation: float = 1.0) -> tuple[int, float]:
 
 
 RULE_TEXT = rule_text()
+
+
+SHOP_HAZARD_PATH = "/products/?all=1"
+"""The shop's memory hazard: the unpaginated list the seed's box ran out of memory on."""
+HAZARD_INTERVAL_S = 5.0
+"""One hazard arrival every 5 s of the AWS box's time (every 5·d s locally), as its own
+open-model stream rather than a locustfile weight: at the rates that overload a t2.micro, even
+weight 1 of ~100 would send ~0.7 `?all=1`/s — about 3 vCPUs of work (one costs ~4.6 vCPU-s) —
+which no variant could carry, so nothing would ever hold. One per 5 s is ~0.9 vCPU: a
+t2.micro drowns in it (and two in flight exceed its memory), a t3.medium or three micros
+behind a balancer have the CPU and memory for it."""
+
+
+def smallest_first(variants: list[Variant]) -> list[Variant]:
+    """Order by memory (all instances), then swap, then vCPUs: the smallest box is measured
+    first, so its failing rate is known when the others' survival test needs it."""
+    return sorted(variants, key=lambda v: (v.memory_mib * v.count, v.swap_mib * v.count,
+                                           v.total_vcpu))
 
 
 def survival_rate(failed_rps: list[float], override_rps: float | None = None) -> float | None:

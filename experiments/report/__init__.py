@@ -75,23 +75,24 @@ def _variant_view(store: RunStore, entry: dict[str, Any], row: dict[str, Any],
     }
 
 
-def _row_view(r: dict[str, Any]) -> dict[str, Any]:
+def _row_view(r: dict[str, Any], burst: bool = False) -> dict[str, Any]:
     return {
         "variant": r["variant"], "instances": tables.instances_text(r),
-        "capacity": tables.fmt_num(r["capacity_rps"]),
+        "capacity": tables.fmt_capacity(r),
         "p95": tables.fmt_num(r["p95_ms_at_capacity"], 0, " ms"),
         "survival": tables.fmt_survival(r), "survival_held": r["survival_held"],
         "failure_kind": r["failure_kind"] or "—",
         "hourly": tables.fmt_usd(r["hourly_usd"]), "monthly": tables.fmt_usd(r["monthly_usd"], 2),
         "per_million": tables.fmt_usd(r["usd_per_million_requests"], 3),
-        "per_dollar": tables.fmt_num(r["capacity_per_usd_hour"], 0),
+        "per_dollar": tables.fmt_num(tables.per_dollar(r, burst), 0),
         "cost_items": {k: tables.fmt_usd(v) if v else "—" for k, v in r["cost_items"].items()},
     }
 
 
-def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, Any]],
+                burst: bool = False) -> str:
     info = store.info
-    best = tables.best_value(rows)
+    best = tables.best_value(rows, burst)
     slo_p95 = float((summary.get("slo") or {}).get("p95_ms", 500))
     entries = {v["name"]: v for v in summary["variants"] if v}
     variants = [_variant_view(store, entries[r["variant"]], r, slo_p95) for r in rows]
@@ -103,7 +104,8 @@ def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, A
         if isinstance(created, (int, float)) else None,
         profile=(info.get("config") or {}).get("profile"),
         emulated=summary.get("backend") == "local", cpu_scale=summary.get("cpu_scale"),
-        rows=[_row_view(r) for r in rows], best=best,
+        rows=[_row_view(r, burst) for r in rows], best=best,
+        best_basis="burst" if burst else "sustained", burst_lines=tables.burst_lines(rows),
         context=tables.run_context(summary, info),
         cost_chart=_b64(plots.cost_capacity_chart(rows, best)), cost_items=COST_ITEMS,
         cost_notes=list(dict.fromkeys(n for r in rows for n in r["cost_notes"])),
@@ -111,14 +113,16 @@ def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, A
     )
 
 
-def build_report(run_dir: Path) -> list[Path]:
+def build_report(run_dir: Path, burst: bool | None = None) -> list[Path]:
     """Rebuild summary.json, summary.md, summary.csv and report.html; returns their paths."""
     store = RunStore.open(Path(run_dir))
     summary = store.write_summary()
     rows = tables.variant_rows(summary)
     md, csv_path = store.dir / "summary.md", store.dir / "summary.csv"
     html = store.dir / "report.html"
-    atomic_write_text(md, tables.to_markdown(summary, rows, store.info))
+    if burst is None:  # as the run was asked (`run --burst`), else sustained
+        burst = bool((store.info.get("config") or {}).get("burst", False))
+    atomic_write_text(md, tables.to_markdown(summary, rows, store.info, burst))
     atomic_write_text(csv_path, tables.to_csv(rows))
-    atomic_write_text(html, render_html(store, summary, rows))
+    atomic_write_text(html, render_html(store, summary, rows, burst))
     return [md, csv_path, store.dir / "summary.json", html]

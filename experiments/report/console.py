@@ -29,7 +29,9 @@ def print_summary_table(summary: dict[str, Any], variants: list[VariantSummary],
             v.name,
             f"{v.count}×{v.instance_type}" + ("+ALB" if v.load_balancer else "")
             + (f", swap {v.swap_mib / 1024:g} GiB" if v.swap_mib else ""),
-            f"{v.capacity_rps:.1f}",
+            f"{v.capacity_rps:.1f}" + (
+                f" → {v.sustained_capacity_rps:.1f}" if v.sustained_capacity_rps is not None
+                and v.sustained_capacity_rps < v.capacity_rps - 0.05 else ""),
             "—" if v.p95_ms_at_capacity is None else f"{v.p95_ms_at_capacity:.0f} ms",
             ("held" if v.survival.held else f"{v.survival.seconds:.0f} s")
             + ("" if loss is None else f" (worker lost at {loss:.0f} s)"),
