@@ -140,3 +140,53 @@ def test_deployment_runs_dilated_and_switches_credits(tmp_path: Path) -> None:
             dep.set_credits("bogus")
     assert any("credit balance switched to exhausted" in line.text
                for line in dep.observe().logs)
+
+
+# ---- the runner's side: the SLO and the one survival rate per run -------------------------
+
+def _variant_run(tmp_path: Path, survival_rps: float | None = None):  # type: ignore[no-untyped-def]
+    from rich.progress import Progress
+
+    from experiments.profiles import get_profile
+    from experiments.results import RunStore
+    from experiments.runner import VariantRun
+    from experiments.runplan import RunPlan
+
+    plan = RunPlan(run_id="r1", backend_name="local", variants=[Variant(name="micro")],
+                   profile=get_profile("quick"), slo=Slo(p95_ms=500), locustfile=Path("x.py"),
+                   load_workers=0, out=tmp_path, cpu_scale=0.33, credits="launch",
+                   max_usd=None, app_overrides={}, survival_rps=survival_rps)
+    store = RunStore.create(tmp_path, "r1", {"backend": "local", "variants": ["micro"]})
+    return VariantRun(Variant(name="micro"), plan, store, Progress(), dilation=3.0)
+
+
+def _capacity(*offered_passed: tuple[float, bool]):  # type: ignore[no-untyped-def]
+    from experiments.load.capacity import CapacityResult
+    from experiments.model import StepResult
+
+    steps = [StepResult(offered_rps=r, achieved_rps=r, p50_ms=1, p95_ms=2, p99_ms=3,
+                        error_rate=0, passed=ok) for r, ok in offered_passed]
+    best = max((r for r, ok in offered_passed if ok), default=0.0)
+    return CapacityResult(capacity_rps=best, p95_ms_at_capacity=2.0, steps=steps,
+                          bracket=(best, best))
+
+
+def test_the_runner_judges_steps_with_the_dilated_slo(tmp_path: Path) -> None:
+    assert _variant_run(tmp_path).slo.p95_ms == 1500.0
+
+
+def test_the_survival_rate_is_chosen_once_and_stored_for_resume(tmp_path: Path) -> None:
+    run = _variant_run(tmp_path)
+    rate, source = run.survival_rps(_capacity((8, True), (12, True), (18, False), (15, False)))
+    assert rate == 15 and "micro failed its capacity search" in source
+    assert run.store.info["survival"] == {"offered_rps": 15, "source": source}
+    # A later variant (or a --resume) reuses the stored rate, whatever its own search did.
+    assert run.survival_rps(_capacity((100, True)))[0] == 15
+
+
+def test_survival_rps_overrides_and_a_search_that_never_failed(tmp_path: Path) -> None:
+    forced = _variant_run(tmp_path / "a", survival_rps=7.5)
+    assert forced.survival_rps(_capacity((8, True), (12, False))) == (7.5, "--survival-rps")
+    never = _variant_run(tmp_path / "b")
+    rate, source = never.survival_rps(_capacity((8, True), (12, True)))
+    assert rate == 18 and "never failed" in source  # capacity × the profile's growth (1.5)
