@@ -200,6 +200,9 @@ class VariantRun:
         used = self._vcpus_used(deployment, at) if at else None
         baseline = it.baseline_per_vcpu * it.vcpu
         estimate = estimated_sustained_rps(burst.capacity_rps, used or float(it.vcpu), baseline)
+        if self.plan.credits == "exhausted":
+            return Sustained(burst.capacity_rps, "measured", used, [],
+                             "the run started with credits exhausted: the capacity is sustained")
         if not deployment.set_credits("exhausted"):
             return Sustained(round(estimate, 2), "estimated", used, [],
                              "credits cannot be emptied on this backend: burst capacity × "
