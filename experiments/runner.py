@@ -51,6 +51,10 @@ if not console.is_terminal:  # logs and CI: keep the summary table readable, not
     console = Console(width=150)
 
 
+FORCED_CREDITS_MARGIN_S = 3.0
+"""After the balance is restored the sampler applies the full quota within ~1 s; keep clear."""
+
+
 class Stage(StrEnum):
     """Where a variant is (PerfKitBenchmarker's `current_run_stage`): named in progress and
     in error.json, so a failure says which stage it interrupted."""
@@ -125,6 +129,8 @@ class VariantRun:
     cpu_scale: float | None = None
     """Host cores per emulated vCPU (local); None: CPU samples are already in vCPUs (AWS)."""
     sustained: Sustained | None = None
+    forced_credits: tuple[float, float] | None = None
+    """When the credit balance was forced empty (sustained stage): not a failure to diagnose."""
     burst: dict[str, Any] = field(default_factory=dict)
     """summary.json's burst-vs-sustained keys (credits_model.burst_summary)."""
     _task: TaskID = field(init=False)
@@ -203,6 +209,7 @@ class VariantRun:
         if self.plan.credits == "exhausted":
             return Sustained(burst.capacity_rps, "measured", used, [],
                              "the run started with credits exhausted: the capacity is sustained")
+        started = time.time()
         if not deployment.set_credits("exhausted"):
             return Sustained(round(estimate, 2), "estimated", used, [],
                              "credits cannot be emptied on this backend: burst capacity × "
@@ -232,6 +239,7 @@ class VariantRun:
                                       max_steps=max(2, profile.max_steps // 2), on_step=on_step)
         finally:
             deployment.set_credits(self.plan.credits)  # the survival test starts as planned
+            self.forced_credits = (started, time.time() + FORCED_CREDITS_MARGIN_S)
         return Sustained(found.capacity_rps, "measured", used, found.steps, found.verdict)
 
     def _vcpus_used(self, deployment: Deployment, step: StepResult) -> float | None:
@@ -291,6 +299,13 @@ class VariantRun:
         from experiments.diagnose import diagnose
 
         self.stage = Stage.DIAGNOSE
+        if self.forced_credits is not None:
+            # The emptied balance was our doing: its baseline quota and credit lines must not
+            # be named as the variant's failure (they stay in signals.csv and logs.jsonl).
+            lo, hi = self.forced_credits
+            observations = Observations(
+                signals=[x for x in observations.signals if not lo <= x.t <= hi],
+                logs=[x for x in observations.logs if not lo <= x.t <= hi])
         failure = diagnose(self.variant, observations, capacity.steps, survival, self.slo)
         self.store.save_json(self.variant.name, "diagnosis.json", failure.to_dict())
         return failure
