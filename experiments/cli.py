@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--credits", choices=("launch", "exhausted"), default=None,
                      help="local: starting CPU credit balance of burstable instances "
                           "(default: launch)")
+    run.add_argument("--survival-rps", type=_number, default=None, metavar="R",
+                     help="the survival test's open-model rate, the same for every variant "
+                          "(default: the lowest rate the smallest variant failed its capacity "
+                          "search at; stored in run.json, so --resume reuses it)")
+    run.add_argument("--burst", action="store_true",
+                     help="rank the report's ★ most capacity per dollar on burst (credit) "
+                          "capacity instead of the sustained one")
     run.add_argument("--locustfile", type=Path, default=None, metavar="FILE",
                      help="your own locustfile instead of the shop's shopper profile")
     run.add_argument("--app-dir", type=Path, default=None, metavar="DIR",
@@ -118,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Rebuild the report files of a run from its results.")
     report.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                         help="a run folder, e.g. results/20260101-120000-local")
+    report.add_argument("--burst", action="store_true",
+                        help="rank the ★ on burst capacity (default: sustained, i.e. what a "
+                             "standard-mode burstable instance serves once its credits are gone)")
 
     compare = sub.add_parser("compare", help="baseline vs contender, per variant, with %% diff",
                              description="Compare two runs variant by variant.")
@@ -166,7 +176,7 @@ def dispatch(args: argparse.Namespace) -> int:
         from experiments.report import build_report
 
         damage: list[str] = []
-        for path in build_report(args.run_dir, damage):
+        for path in build_report(args.run_dir, damage, burst=True if args.burst else None):
             print(path)
         for sentence in damage:
             print(f"scalelab: warning: {sentence}", file=sys.stderr)

@@ -142,6 +142,16 @@ class Slo(Record):
         passed = step.passed if step.passed is not None else self.judge(step).passed
         return not passed
 
+    def dilated(self, dilation: float) -> Slo:
+        """The SLO as the emulated box must meet it: latencies × `dilation` (1/cpu_scale).
+
+        A slowed-down box answers d times later than the AWS box it stands for, so a 500 ms
+        p95 there is 500·d ms here; ratios (errors, achieved/offered) are not times and stay.
+        """
+        if not dilation >= 1:
+            raise ValueError(f"dilation must be >= 1, got {dilation}")
+        return Slo(p95_ms=self.p95_ms * dilation, max_error_rate=self.max_error_rate,
+                   min_achieved_ratio=self.min_achieved_ratio)
 
 @dataclass
 class StepResult(Record):
@@ -183,7 +193,8 @@ def step_at_capacity(steps: list[StepResult]) -> StepResult | None:
 
 @dataclass
 class SurvivalResult(Record):
-    """The seed's experiment: a fixed closed-loop overload for up to `limit_s` seconds."""
+    """The seed's experiment: one fixed load for up to `limit_s` seconds (open-model
+    `offered_rps`, or closed-loop `users`)."""
 
     seconds: float
     held: bool
@@ -194,6 +205,10 @@ class SurvivalResult(Record):
     reason: str = ""
     timeline: list[dict[str, float]] = field(default_factory=list)
     """Per second: t, requests, errors, p95_ms."""
+    offered_rps: float | None = None
+    """The open-model rate held (the same for every variant of a run); None = closed loop."""
+    dilation: float = 1.0
+    """Time dilation the rule's windows (and `limit_s`) were stretched by."""
 
     @property
     def ended_at(self) -> float:

@@ -138,6 +138,8 @@ class SurvivalSummary(Record):
     limit_s: float = 0.0
     reason: str = ""
     first_worker_loss_s: float | None = None
+    offered_rps: float | None = None
+    """The open-model rate held (the same for every variant of a run)."""
 
 
 @dataclass
@@ -172,12 +174,24 @@ class VariantSummary(Record):
     aws_estimate: dict[str, Any] | None = None
     """AWS-equivalent figures (experiments/estimate.py), added when the summary is built: the
     measured keys above keep their meaning and values."""
+    sustained_capacity_rps: float | None = None
+    """Capacity once CPU credits are gone (standard-mode burstable); = capacity_rps where
+    credits never throttle; None when it could not be established."""
+    sustained_source: str = ""
+    credit_runway_minutes: float | None = None
+    """How long a full credit balance lasts at the CPU measured at capacity (None: n/a)."""
+    credit_runway: dict[str, Any] | None = None
+    """credits_model.CreditRunway as a dict (launch-credit runway, CPU used, text)."""
+    dilation: float = 1.0
+    """Time dilation of the emulation (1/cpu_scale; 1 on AWS)."""
 
     @classmethod
     def build(cls, variant: Variant, capacity_rps: float, p95_at_capacity: float | None,
               steps: list[StepResult], survival: SurvivalResult, failure: Failure,
               cost: dict[str, Any], profile: str,
-              first_worker_loss_s: float | None = None) -> VariantSummary:
+              first_worker_loss_s: float | None = None, burst: dict[str, Any] | None = None,
+              dilation: float = 1.0) -> VariantSummary:
+        burst = burst or {}
         return cls(
             name=variant.name, instance_type=variant.instance_type, count=variant.count,
             swap_mib=variant.swap_mib, load_balancer=variant.load_balancer,
@@ -185,7 +199,8 @@ class VariantSummary(Record):
             p95_ms_at_capacity=None if p95_at_capacity is None else round(p95_at_capacity, 1),
             survival=SurvivalSummary(seconds=round(survival.seconds, 1), held=survival.held,
                                      limit_s=survival.limit_s, reason=survival.reason,
-                                     first_worker_loss_s=first_worker_loss_s),
+                                     first_worker_loss_s=first_worker_loss_s,
+                                     offered_rps=survival.offered_rps),
             failure=Failure(kind=str(failure.kind), evidence=failure.evidence,
                             summary=failure.summary, at=failure.at),
             cost=cost,
@@ -196,7 +211,11 @@ class VariantSummary(Record):
             gunicorn={"workers": variant.gunicorn.workers, "threads": variant.gunicorn.threads,
                       "worker_class": variant.gunicorn.worker_class,
                       "timeout_s": variant.gunicorn.timeout_s},
-            profile=profile)
+            profile=profile,
+            sustained_capacity_rps=burst.get("sustained_capacity_rps", round(capacity_rps, 2)),
+            sustained_source=burst.get("sustained_source", ""),
+            credit_runway_minutes=burst.get("credit_runway_minutes"),
+            credit_runway=burst.get("credit_runway"), dilation=dilation)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VariantSummary:
@@ -353,7 +372,9 @@ class RunStore:
             "run_id": info["run_id"],
             "backend": info.get("backend"),
             "cpu_scale": info.get("cpu_scale"),
+            "dilation": info.get("dilation", 1.0),
             "slo": info.get("slo"),
+            "survival": info.get("survival"),
             "status": info.get("status"),
             "format_version": FORMAT_VERSION,
             "variants": [entry for entry in (self._result(n) for n in self.completed_variants())

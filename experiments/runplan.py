@@ -52,6 +52,16 @@ class RunPlan:
     """Independent capacity searches per variant (`--repeat`)."""
     thresholds: list[Threshold] = field(default_factory=list)
     """`--threshold` criteria, judged after the report is written (not stored: per call)."""
+    survival_rps: float | None = None
+    """--survival-rps: the survival test's rate for every variant (None = the smallest
+    variant's failing rate, chosen during the run and stored in run.json)."""
+    burst: bool = False
+    """--burst: the report ranks per-dollar on burst capacity instead of sustained."""
+
+    @property
+    def shop_hazard(self) -> bool:
+        """The survival load adds the shop's memory hazard (only the shop has it)."""
+        return not self.app_overrides
 
     def expected_hours(self) -> float:
         """Deploy + measure + destroy for one variant, in hours (partial hours bill as full)."""
@@ -67,6 +77,7 @@ class RunPlan:
             "created_at": time.time(),
             "variants": [v.name for v in self.variants],
             "cpu_scale": getattr(backend, "cpu_scale", None),
+            "dilation": getattr(backend, "dilation", 1.0),
             "emulated": self.backend_name == "local",
             "slo": self.slo.to_dict(),
             "config": {
@@ -78,6 +89,8 @@ class RunPlan:
                 "credits": self.credits,
                 "max_usd": self.max_usd,
                 "app_overrides": self.app_overrides,
+                "survival_rps": self.survival_rps,
+                "burst": self.burst,
             },
             "versions": provenance.versions(),
             "git_revision": provenance.git_revision(),
@@ -130,7 +143,15 @@ def _new_plan(args: argparse.Namespace) -> RunPlan:
     return RunPlan(run_id=run_id, backend_name=backend, variants=variants, profile=profile,
                    slo=Slo(p95_ms=slo_ms), locustfile=locustfile, load_workers=load_workers,
                    out=args.out, cpu_scale=cpu_scale, credits=args.credits or "launch",
-                   max_usd=args.max_usd, app_overrides=overrides, repeat=repeat)
+                   max_usd=args.max_usd, app_overrides=overrides, repeat=repeat,
+                   survival_rps=_survival_rps(args),
+                   burst=bool(getattr(args, "burst", False)))
+
+
+def _survival_rps(args: argparse.Namespace) -> float | None:
+    rate = getattr(args, "survival_rps", None)
+    return None if rate is None else check_number("--survival-rps", rate, *SURVIVAL_RPS,
+                                                  unit="req/s")
 
 
 # ---- numbers: finite and in a stated range ------------------------------------------------
@@ -141,6 +162,7 @@ CPU_SCALE: tuple[float, float] = (0.01, 1.0)
 """Host cores per emulated vCPU: never above 1 (an emulated vCPU is no faster than a host
 core), and the largest variant must fit on this host (checked with the variants)."""
 REPEATS: tuple[float, float] = (1, 20)
+SURVIVAL_RPS: tuple[float, float] = (0.1, 100_000.0)
 DEFAULT_REPEATS = {"quick": 1, "standard": 3}
 """Capacity searches per variant when --repeat is not given. quick: 1, because it is the
 demo / CI profile and each extra search adds a whole search (about a minute per variant on two
@@ -235,7 +257,7 @@ def _check_out(out: Path) -> None:
 
 RESUME_FLAGS = ("backend", "variants", "profile", "slo_p95_ms", "locustfile", "load_workers",
                 "cpu_scale", "credits", "max_usd", "app_dir", "wsgi", "health_path",
-                "requirements", "repeat")
+                "requirements", "repeat", "survival_rps")
 """Flags a resumed run takes from its run.json; giving a different value is refused."""
 
 
@@ -303,7 +325,8 @@ def _stored_plan(store: RunStore, out: Path) -> RunPlan:
         cpu_scale=cpu_scale if backend == "local" else None,
         credits=str(config.get("credits", "launch")), max_usd=max_usd,
         app_overrides={str(k): str(v) for k, v in overrides.items()},
-        repeat=int(check_number("the stored repeat", repeat, *REPEATS)))
+        repeat=int(check_number("the stored repeat", repeat, *REPEATS)),
+        survival_rps=config.get("survival_rps"), burst=bool(config.get("burst", False)))
 
 
 def _refuse_conflicts(args: argparse.Namespace, plan: RunPlan) -> None:
@@ -316,7 +339,8 @@ def _refuse_conflicts(args: argparse.Namespace, plan: RunPlan) -> None:
         "cpu_scale": plan.cpu_scale, "credits": plan.credits, "max_usd": plan.max_usd,
         "app_dir": plan.app_overrides.get("path"), "wsgi": plan.app_overrides.get("wsgi"),
         "health_path": plan.app_overrides.get("health_path"),
-        "requirements": plan.app_overrides.get("requirements"), "repeat": plan.repeat}
+        "requirements": plan.app_overrides.get("requirements"), "repeat": plan.repeat,
+        "survival_rps": plan.survival_rps, "burst": plan.burst}
     for name in RESUME_FLAGS:
         given: Any = getattr(args, name, None)
         if given is None:

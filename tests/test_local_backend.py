@@ -201,8 +201,9 @@ def test_killed_master_is_restarted_like_systemd(backend: LocalBackend) -> None:
 
 
 def test_cpu_quota_follows_the_credit_balance(tmp_path: Path) -> None:
-    # 600x: one real second is ten emulated minutes, so 30 launch credits last ~3 s at 100 %.
-    backend = LocalBackend(cpu_scale=0.5, state_dir=tmp_path / "state", time_compression=600)
+    # 1200x on a box dilated 2x (cpu_scale 0.5): one real second is ten emulated minutes, so
+    # 30 launch credits last ~3 s at 100 %.
+    backend = LocalBackend(cpu_scale=0.5, state_dir=tmp_path / "state", time_compression=1200)
     with backend.deployed(tiny()) as dep:
         cg = dep.instances[0].cgroup
         assert cg.read_limits()["cpu_quota_us"] == 50_000

@@ -94,7 +94,10 @@ def test_interrupt_then_resume_two_variants(tmp_path: Path) -> None:
     assert variants["scale-out"]["capacity_rps"] > variants["micro"]["capacity_rps"]
     micro_failure = variants["micro"]["failure"]
     assert micro_failure["kind"] in ("oom_kill", "worker_timeout"), micro_failure
-    assert any("was sent SIGKILL" in line for line in micro_failure["evidence"]), micro_failure
+    # Gunicorn's "was sent SIGKILL" or the kernel's own "Killed process" record: with the
+    # one-load survival test micro is OOM-killed several times, and the kernel lines come first.
+    assert any("was sent SIGKILL" in line or "Killed process" in line
+               for line in micro_failure["evidence"]), micro_failure
     for name in variants:
         folder = run_dir / name
         for filename in ("variant.json", "steps.json", "survival.json", "signals.csv",

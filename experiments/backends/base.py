@@ -40,6 +40,12 @@ class Deployment:
         """Signals and logs from deploy until now (called before teardown). Backends override."""
         raise NotImplementedError
 
+    def set_credits(self, start: str) -> bool:
+        """Switch burstable instances' credit balance to `start` ("exhausted" / "launch") to
+        measure the sustained capacity on the same deployment. False = not possible here: a
+        real EC2 instance's balance cannot be forced (the runner then estimates it)."""
+        return False
+
 
 class Backend(Protocol):
     name: str

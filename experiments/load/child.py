@@ -6,7 +6,9 @@ with gevent; that is why this is a separate process and the parent never imports
 
 Protocol (one JSON object per line). Parent -> child on stdin:
     {"cmd": "step", "offered_rps": 40, "warmup_s": 5, "hold_s": 15}
-    {"cmd": "survival", "users": 100, "limit_s": 120}
+    {"cmd": "survival", "users": 100, "limit_s": 120}   (closed loop) or
+    {"cmd": "survival", "offered_rps": 40, "limit_s": 120, "dilation": 3.0,
+     "hazard_path": "/products/?all=1", "hazard_rps": 0.07}   (open model + a hazard stream)
     {"cmd": "quit"}
 Child -> parent on the original stdout (fd 1 is redirected to stderr, so a print() in a
 locustfile cannot corrupt the protocol):
@@ -308,14 +310,50 @@ class Child:
         )
         return result.to_dict()
 
-    def survival(self, users: int, limit_s: float) -> dict[str, Any]:
-        """Closed-loop overload (no wait between requests), judged each second."""
+    def _hazards(self, path: str, per_s: float, t0: float, timeout_s: float,
+                 inflight: list[gevent.Greenlet]) -> None:
+        """Open-model arrivals of one `path` (the app's memory hazard), one greenlet each, on
+        a fresh connection each (independent visitors); counted like every other request."""
+        from locust.contrib.fasthttp import FastHttpSession
+
+        def one() -> None:
+            session = FastHttpSession(self.env.host, request_event=events.request, user=None,
+                                      network_timeout=timeout_s, connection_timeout=timeout_s)
+            session.get(path, name=path)
+
+        k = 0
+        while True:
+            gevent.sleep(max(0.0, t0 + (k + 0.5) / per_s - time.monotonic()))
+            inflight.append(gevent.spawn(one))
+            k += 1
+
+    def survival(self, users: int, limit_s: float, offered_rps: float | None = None,
+                 dilation: float = 1.0, hazard_path: str | None = None,
+                 hazard_rps: float = 0.0) -> dict[str, Any]:
+        """A fixed load judged each second: `offered_rps` arrivals/s (open model, paced like
+        a step, the pool spawned at the offered rate) or, without it, a closed-loop overload
+        of `users` back-to-back users; plus `hazard_rps` arrivals/s of `hazard_path` when
+        given. The rule's windows and the client timeouts are stretched by `dilation`."""
         self._stop()
-        self.collector.pace(self.user_class, None)
+        timeout_s = 60.0 * dilation  # FastHttpUser's default, in the emulated box's time
+        for attr in ("network_timeout", "connection_timeout"):
+            if hasattr(self.user_class, attr):
+                setattr(self.user_class, attr, timeout_s)
+        if offered_rps:
+            pool = pool_for(offered_rps, 1.0, max(1, self.workers))
+            users = pool.users
+            self.collector.pace(self.user_class, pool.per_user_rps)
+            spawn_rate = pool.spawn_rate
+        else:
+            self.collector.pace(self.user_class, None)
+            spawn_rate = float(max(users, 1))  # the whole pool within ~1 s
         self.collector.swap()
         started_at, t0 = time.time(), time.monotonic()
-        self._start(users, spawn_rate=float(max(users, 1)))  # the whole pool within ~1 s
-        rule = SurvivalRule()
+        self._start(users, spawn_rate=spawn_rate)
+        inflight: list[gevent.Greenlet] = []
+        hazards = (gevent.spawn(self._hazards, hazard_path, hazard_rps, t0, timeout_s, inflight)
+                   if hazard_path and hazard_rps > 0 else None)
+        rule = SurvivalRule(dilation)
         timeline: list[dict[str, float]] = []
         verdict = None
         for k in range(1, max(1, math.ceil(limit_s)) + 1):
@@ -336,16 +374,21 @@ class Child:
             verdict = rule.add(second)
             if verdict is not None:
                 break
+        if hazards is not None:
+            hazards.kill(block=True)
+            gevent.killall(inflight, block=True, timeout=5)
         self._stop()
         if verdict is None:
             seconds = min(float(limit_s), timeline[-1]["t"] if timeline else 0.0)
             result = SurvivalResult(seconds=seconds, held=True, limit_s=limit_s, users=users,
-                                    started_at=started_at, timeline=timeline)
+                                    started_at=started_at, timeline=timeline,
+                                    offered_rps=offered_rps, dilation=dilation)
         else:
             result = SurvivalResult(
                 seconds=verdict.failed_at_s, held=False, limit_s=limit_s, users=users,
                 started_at=started_at, failed_at=started_at + verdict.failed_at_s,
-                reason=verdict.reason, timeline=timeline,
+                reason=verdict.reason, timeline=timeline, offered_rps=offered_rps,
+                dilation=dilation,
             )
         return result.to_dict()
 
@@ -365,7 +408,12 @@ class Child:
                                        float(command["hold_s"]))
                     self.send({"type": "step", "result": result})
                 elif name == "survival":
-                    result = self.survival(int(command["users"]), float(command["limit_s"]))
+                    result = self.survival(int(command.get("users", 0)),
+                                           float(command["limit_s"]),
+                                           command.get("offered_rps"),
+                                           float(command.get("dilation", 1.0)),
+                                           command.get("hazard_path"),
+                                           float(command.get("hazard_rps", 0.0)))
                     self.send({"type": "survival", "result": result})
                 else:
                     self.send({"type": "error", "kind": "internal",

@@ -264,16 +264,32 @@ class LoadSession:
         return StepResult.from_dict(reply["result"])
 
     def survival(
-        self, users: int, limit_s: float, on_tick: Callable[[float], None] | None = None
+        self, users: int, limit_s: float, on_tick: Callable[[float], None] | None = None,
+        offered_rps: float | None = None, dilation: float = 1.0,
+        hazard_path: str | None = None, hazard_rps: float = 0.0,
     ) -> SurvivalResult:
-        """Closed-loop overload with `users` back-to-back users for up to `limit_s` seconds.
+        """A fixed load for up to `limit_s` seconds: `offered_rps` open-model arrivals/s when
+        given (`users` is then ignored), else `users` closed-loop back-to-back users; plus
+        `hazard_rps` open-model arrivals/s of `hazard_path` (e.g. the shop's `?all=1`).
 
         Rule (experiments.load.survival): failed when over the last 5 s more than 50 % of
-        requests were errors or none succeeded; otherwise held. `on_tick(seconds)` each second.
+        requests were errors, or none succeeded for 30 s (both × `dilation`); otherwise held.
+        `on_tick(seconds)` each second.
         """
-        if users < 1 or limit_s <= 0:
-            raise UserError(f"survival needs users >= 1 and limit_s > 0, got {users}, {limit_s}")
-        self._require().send({"cmd": "survival", "users": users, "limit_s": limit_s})
+        if offered_rps is not None and not offered_rps > 0:
+            raise UserError(f"survival needs a positive offered rate, got {offered_rps}")
+        if (offered_rps is None and users < 1) or limit_s <= 0 or not dilation >= 1:
+            raise UserError(f"survival needs users >= 1 (or an offered rate), limit_s > 0 and "
+                            f"dilation >= 1, got {users}, {limit_s}, {dilation}")
+        message: dict[str, Any] = {"cmd": "survival", "users": users, "limit_s": limit_s,
+                                   "dilation": dilation}
+        if offered_rps is not None:
+            message["offered_rps"] = offered_rps
+        if hazard_path and hazard_rps > 0:
+            if not hazard_path.startswith("/"):
+                raise UserError(f"survival hazard path {hazard_path!r} must start with '/'")
+            message.update(hazard_path=hazard_path, hazard_rps=hazard_rps)
+        self._require().send(message)
         tick = None if on_tick is None else (lambda m: on_tick(float(m["t"])))
         reply = self._expect("survival", limit_s + REPLY_MARGIN_S, tick)
         return SurvivalResult.from_dict(reply["result"])

@@ -1,7 +1,7 @@
-"""The survival rule: when a service under a fixed closed-loop overload counts as failed.
+"""The survival rule: when a service under a fixed load counts as failed.
 
 Pure logic (no I/O), fed one bucket per second by the load child, so the rule is unit-tested
-and is exactly the sentence the report prints:
+and is exactly the sentence the report prints (times shown for no dilation):
 
     A service FAILS the survival test at the first moment when either
     - over the last 5 seconds more than 50 % of the completed requests were errors
@@ -15,6 +15,11 @@ and is exactly the sentence the report prints:
     need the failure to last (5 s of errors, 30 s of silence) before they call it. The
     per-second timeline shows when responses slowed or stopped.
     If neither happens before the time limit, the service HELD.
+
+Under time dilation d (the local backend at cpu_scale 1/d) both windows are stretched by d,
+like the Gunicorn timeout the hang window mirrors: a box in slow motion is judged by the
+same rule in its own time. The load (the same open-model rate for every variant of a run,
+see `survival_rate`) is chosen by the runner.
 """
 
 from __future__ import annotations
@@ -24,15 +29,62 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 
 from experiments.model import Observations, SurvivalResult
+from stacks.variant import Variant
 
 WINDOW_S = 5
 MAX_ERROR_RATE = 0.5
 HANG_S = 30
 
-RULE_TEXT = (
-    f"failed = over the last {WINDOW_S} s more than {MAX_ERROR_RATE:.0%} of requests were "
-    f"errors, or no request succeeded for {HANG_S} s"
-)
+
+
+def rule_text(dilation: float = 1.0) -> str:
+    """The rule as one sentence, in the (dilated) seconds the run used."""
+    window, hang = windows(dilation)
+    return (f"failed = over the last {window} s more than {MAX_ERROR_RATE:.0%} of requests were "
+            f"errors, or no request succeeded for {hang:g} s")
+
+
+def windows(dilation: float = 1.0) -> tuple[int, float]:
+    """(error window in whole seconds, hang window in seconds) stretched by `dilation`."""
+    if not dilation >= 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    return max(WINDOW_S, round(WINDOW_S * dilation)), HANG_S * dilation
+
+
+RULE_TEXT = rule_text()
+
+
+SHOP_HAZARD_PATH = "/products/?all=1"
+"""The shop's memory hazard: the unpaginated list the seed's box ran out of memory on."""
+HAZARD_INTERVAL_S = 5.0
+"""One hazard arrival every 5 s of the AWS box's time (every 5·d s locally), as its own
+open-model stream rather than a locustfile weight: at the rates that overload a t2.micro, even
+weight 1 of ~100 would send ~0.7 `?all=1`/s — about 3 vCPUs of work (one costs ~4.6 vCPU-s) —
+which no variant could carry, so nothing would ever hold. One per 5 s is ~0.9 vCPU: a
+t2.micro drowns in it (and two in flight exceed its memory), a t3.medium or three micros
+behind a balancer have the CPU and memory for it."""
+
+
+def smallest_first(variants: list[Variant]) -> list[Variant]:
+    """Order by memory (all instances), then swap, then vCPUs: the smallest box is measured
+    first, so its failing rate is known when the others' survival test needs it."""
+    return sorted(variants, key=lambda v: (v.memory_mib * v.count, v.swap_mib * v.count,
+                                           v.total_vcpu))
+
+
+def survival_rate(failed_rps: list[float], override_rps: float | None = None) -> float | None:
+    """The one open-model rate every variant of a run survives (or not) at.
+
+    `--survival-rps` wins; otherwise the lowest offered rate at which the smallest variant
+    failed a capacity step — a load that box demonstrably cannot carry, which a box with the
+    memory and CPU for it must. None when no rate is known yet.
+    """
+    if override_rps is not None:
+        if not override_rps > 0:
+            raise ValueError(f"survival rate must be positive, got {override_rps}")
+        return float(override_rps)
+    rates = [r for r in failed_rps if r > 0]
+    return min(rates) if rates else None
 
 
 @dataclass(frozen=True)
@@ -64,14 +116,16 @@ class Verdict:
 class SurvivalRule:
     """Feed seconds in order; `add` returns a Verdict the first time the rule trips."""
 
-    def __init__(self) -> None:
-        self._window: deque[Second] = deque(maxlen=WINDOW_S)
+    def __init__(self, dilation: float = 1.0) -> None:
+        self.window_s, self.hang_s = windows(dilation)
+        self._window: deque[Second] = deque(maxlen=self.window_s)
         self._last_success_t = 0.0
         self._silent: Counter[str] = Counter()
         self._silent_requests = 0
 
     def add(self, second: Second) -> Verdict | None:
-        """Judge the stretch ending with `second`: error rate over 5 s, silence over 30 s."""
+        """Judge the stretch ending with `second`: error rate over 5 s, silence over 30 s
+        (both × dilation)."""
         self._window.append(second)
         if second.successes > 0:
             self._last_success_t = second.t
@@ -80,14 +134,14 @@ class SurvivalRule:
         else:
             self._silent.update(second.errors_by_kind)
             self._silent_requests += second.requests
-        if second.t - self._last_success_t >= HANG_S:
+        if second.t - self._last_success_t >= self.hang_s:
             if self._silent_requests == 0:
-                reason = f"no response at all for {HANG_S} s (server hung or unreachable)"
+                reason = f"no response at all for {self.hang_s:g} s (server hung or unreachable)"
             else:
-                reason = (f"no successful response for {HANG_S} s "
+                reason = (f"no successful response for {self.hang_s:g} s "
                           f"({self._silent_requests} errors{_top(self._silent)})")
             return Verdict(failed_at_s=second.t, reason=reason)
-        if len(self._window) < WINDOW_S:
+        if len(self._window) < self.window_s:
             return None
         requests = sum(s.requests for s in self._window)
         errors = sum(s.errors for s in self._window)
@@ -97,7 +151,7 @@ class SurvivalRule:
         for s in self._window:
             kinds.update(s.errors_by_kind)
         reason = (
-            f"error rate {errors / requests:.0%} over {WINDOW_S} s "
+            f"error rate {errors / requests:.0%} over {self.window_s} s "
             f"({errors} of {requests} requests{_top(kinds)})"
         )
         return Verdict(failed_at_s=second.t, reason=reason)

@@ -87,17 +87,17 @@ def _variant_view(store: RunStore, entry: dict[str, Any], row: dict[str, Any],
     }
 
 
-def _row_view(r: dict[str, Any]) -> dict[str, Any]:
+def _row_view(r: dict[str, Any], burst: bool = False) -> dict[str, Any]:
     return {
         "variant": r["variant"], "instances": tables.instances_text(r),
-        "capacity": tables.fmt_num(r["capacity_rps"]),
+        "capacity": tables.fmt_capacity(r, interval=False),
         "capacity_ci": tables.fmt_interval(r.get("capacity_ci95_low"), r.get("capacity_ci95_high")),
         "p95": tables.fmt_num(r["p95_ms_at_capacity"], 0, " ms"),
         "survival": tables.fmt_survival(r), "survival_held": r["survival_held"],
         "failure_kind": r["failure_kind"] or "—",
         "hourly": tables.fmt_usd(r["hourly_usd"]), "monthly": tables.fmt_usd(r["monthly_usd"], 2),
         "per_million": tables.fmt_usd(r["usd_per_million_requests"], 3),
-        "per_dollar": tables.fmt_num(r["capacity_per_usd_hour"], 0),
+        "per_dollar": tables.fmt_num(tables.per_dollar(r, burst), 0),
         "cost_items": {k: tables.fmt_usd(v) if v else "—" for k, v in r["cost_items"].items()},
         **_aws_view(r),
     }
@@ -128,9 +128,9 @@ def _aws_view(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, Any]],
-                damage: list[str] | None = None) -> str:
+                damage: list[str] | None = None, burst: bool = False) -> str:
     info = store.info
-    best = tables.best_value(rows)
+    best = tables.best_value(rows, burst)
     slo_p95 = float((summary.get("slo") or {}).get("p95_ms", 500))
     entries = {v["name"]: v for v in summary["variants"] if v}
     damage = [] if damage is None else damage
@@ -143,7 +143,8 @@ def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, A
         if isinstance(created, (int, float)) else None,
         profile=(info.get("config") or {}).get("profile"),
         emulated=summary.get("backend") == "local", cpu_scale=summary.get("cpu_scale"),
-        rows=[_row_view(r) for r in rows], best=best,
+        rows=[_row_view(r, burst) for r in rows], best=best,
+        best_basis="burst" if burst else "sustained", burst_lines=tables.burst_lines(rows),
         estimated=any(r.get("aws_capacity_rps") is not None for r in rows)
         and summary.get("backend") != "aws",
         aws_assumptions=tables.aws_assumptions(rows),
@@ -156,7 +157,8 @@ def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, A
     )
 
 
-def build_report(run_dir: Path, damage: list[str] | None = None) -> list[Path]:
+def build_report(run_dir: Path, damage: list[str] | None = None,
+                 burst: bool | None = None) -> list[Path]:
     """Rebuild summary.json, summary.md, summary.csv and report.html; returns their paths.
 
     A damaged file of one variant does not stop the report: the variant is left out (its
@@ -170,7 +172,9 @@ def build_report(run_dir: Path, damage: list[str] | None = None) -> list[Path]:
     rows = tables.variant_rows(summary)
     md, csv_path = store.dir / "summary.md", store.dir / "summary.csv"
     html = store.dir / "report.html"
-    atomic_write_text(md, tables.to_markdown(summary, rows, store.info))
+    if burst is None:  # as the run was asked (`run --burst`), else sustained
+        burst = bool((store.info.get("config") or {}).get("burst", False))
+    atomic_write_text(md, tables.to_markdown(summary, rows, store.info, burst))
     atomic_write_text(csv_path, tables.to_csv(rows))
-    atomic_write_text(html, render_html(store, summary, rows, damage))
+    atomic_write_text(html, render_html(store, summary, rows, damage, burst))
     return [md, csv_path, store.dir / "summary.json", html]

@@ -35,7 +35,9 @@ def print_summary_table(summary: dict[str, Any], variants: list[VariantSummary],
             f"{v.count}×{v.instance_type}" + ("+ALB" if v.load_balancer else "")
             + (f", swap {v.swap_mib / 1024:g} GiB" if v.swap_mib else ""),
             f"{v.capacity_rps:.1f}" + ("" if v.capacity_ci95 is None else
-                                       f" ({v.capacity_ci95[0]:.1f}–{v.capacity_ci95[1]:.1f})"),
+                                       f" ({v.capacity_ci95[0]:.1f}–{v.capacity_ci95[1]:.1f})")
+            + (f" → {v.sustained_capacity_rps:.1f}" if v.sustained_capacity_rps is not None
+               and v.sustained_capacity_rps < v.capacity_rps - 0.05 else ""),
             *([("—" if aws is None else f"{aws:.1f}")] if estimated else []),
             "—" if v.p95_ms_at_capacity is None else f"{v.p95_ms_at_capacity:.0f} ms",
             ("held" if v.survival.held else f"{v.survival.seconds:.0f} s")

@@ -21,6 +21,7 @@ CSV_COLUMNS = [
     "aws_capacity_rps", "aws_capacity_ci95_low", "aws_capacity_ci95_high",
     "aws_sustained_capacity_rps", "aws_p95_ms_at_capacity", "aws_survival_s",
     "aws_usd_per_million_requests", "aws_capacity_per_usd_hour",
+    "sustained_capacity_rps", "credit_runway_minutes", "sustained_capacity_per_usd_hour",
 ]
 
 
@@ -46,6 +47,12 @@ def variant_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "usd_per_million_requests": cost.get("usd_per_million_requests"),
             "capacity_per_usd_hour": cost.get("capacity_per_usd_hour"),
             "region": cost.get("region") or v.region,
+            "sustained_capacity_rps": v.sustained_capacity_rps,
+            "sustained_source": v.sustained_source,
+            "credit_runway_minutes": v.credit_runway_minutes,
+            "runway_text": (v.credit_runway or {}).get("text"),
+            "sustained_capacity_per_usd_hour": cost.get("sustained_capacity_per_usd_hour"),
+            "survival_rps": v.survival.offered_rps,
             "evidence": list(v.failure.evidence),
             "cost_items": cost.get("items") or {},
             "cost_notes": list(cost.get("notes") or []),
@@ -86,12 +93,47 @@ def fmt_ci(row: dict[str, Any]) -> str:
     return "" if low is None or high is None else f"{low:,.1f}–{high:,.1f}"
 
 
-def best_value(rows: list[dict[str, Any]]) -> str | None:
-    """The variant with the most capacity per dollar-hour (cheapest per unit of capacity)."""
-    priced = [r for r in rows if r.get("capacity_per_usd_hour")]
+def per_dollar(row: dict[str, Any], burst: bool = False) -> float | None:
+    """req/s per $/hour on the sustained capacity (what a standard-mode burstable box serves
+    once its credits are gone), or on the burst capacity with `burst`; runs from before the
+    split have only the burst figure."""
+    if burst:
+        return row.get("capacity_per_usd_hour")
+    sustained = row.get("sustained_capacity_per_usd_hour")
+    return sustained if sustained is not None else row.get("capacity_per_usd_hour")
+
+
+def best_value(rows: list[dict[str, Any]], burst: bool = False) -> str | None:
+    """The variant with the most capacity per dollar-hour (cheapest per unit of capacity),
+    ranked on sustained capacity unless `burst`."""
+    priced = [r for r in rows if per_dollar(r, burst)]
     if not priced:
         return None
-    return max(priced, key=lambda r: r["capacity_per_usd_hour"])["variant"]
+    return max(priced, key=lambda r: per_dollar(r, burst) or 0.0)["variant"]
+
+
+def fmt_capacity(row: dict[str, Any], interval: bool = True) -> str:
+    """`68.0`, `68.0 → 4.5` when the sustained capacity (credits gone) is lower, and the
+    burst figure's 95 % interval when the run repeated its searches: `31.0 (28.4–33.6)`."""
+    burst, sustained = row.get("capacity_rps"), row.get("sustained_capacity_rps")
+    text = fmt_num(burst)
+    ci = fmt_interval(row.get("capacity_ci95_low"), row.get("capacity_ci95_high"))
+    if ci and interval:
+        text += f" ({ci})"
+    if sustained is not None and burst is not None and sustained < burst - 0.05:
+        text += f" → {fmt_num(sustained)}"
+    return text
+
+
+def burst_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per variant whose credits matter: `22 req/s for 31 min, then 2.3 req/s`."""
+    out = []
+    for r in rows:
+        if r.get("runway_text"):
+            src = r.get("sustained_source") or ""
+            out.append(f"{r['variant']}: {r['runway_text']}"
+                       + (f" (sustained {src})" if src in ("measured", "estimated") else ""))
+    return out
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -114,12 +156,6 @@ def fmt_num(value: float | None, digits: int = 1, unit: str = "") -> str:
 
 def fmt_usd(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"${value:,.{digits}f}"
-
-
-def fmt_capacity(row: dict[str, Any]) -> str:
-    """Capacity with its 95 % interval when the run repeated its searches: `31.0 (28.4–33.6)`."""
-    interval = fmt_interval(row.get("capacity_ci95_low"), row.get("capacity_ci95_high"))
-    return fmt_num(row.get("capacity_rps")) + (f" ({interval})" if interval else "")
 
 
 def fmt_interval(low: float | None, high: float | None) -> str:
@@ -158,6 +194,17 @@ def run_context(summary: dict[str, Any], info: dict[str, Any]) -> list[str]:
                      f"with cpu_scale {scale if scale is not None else '?'} host cores per vCPU, "
                      "so capacities are emulated: compare them with each other; the AWS-"
                      "equivalent figures are estimates (× 1/cpu_scale) with stated assumptions.")
+        d = summary.get("dilation") or 1.0
+        if d > 1:
+            lines.append(f"Time dilation {d:.2f} (= 1/cpu_scale): the emulated boxes run {d:.2f}× "
+                         "slower than the AWS ones, so Gunicorn's timeouts, HAProxy's health "
+                         "checks, the credit clock, the SLO's p95 and the survival windows were "
+                         f"all stretched {d:.2f}× (the SLO above is the AWS-time one).")
+    survival = summary.get("survival") or {}
+    if survival.get("offered_rps"):
+        lines.append(f"Survival: every variant was offered {survival['offered_rps']:g} req/s "
+                     f"({survival.get('source') or 'chosen for the run'}) plus the shop's "
+                     "memory hazard, and is judged held or failed (time, cause).")
     profile = (info.get("config") or {}).get("profile")
     if profile:
         lines.append(f"Measurement profile: {profile}.")
@@ -172,8 +219,8 @@ INTERVAL_NOTE = ("Capacity is the median of the repeated searches; in brackets, 
 
 
 def to_markdown(summary: dict[str, Any], rows: list[dict[str, Any]],
-                info: dict[str, Any]) -> str:
-    best = best_value(rows)
+                info: dict[str, Any], burst: bool = False) -> str:
+    best = best_value(rows, burst)
     out = [f"# scalelab run {summary.get('run_id')}", ""]
     out += [f"Backend: {summary.get('backend')}. " + " ".join(run_context(summary, info)), ""]
     out.append("| variant | instances | capacity (req/s) | p95 at capacity | survival | failure | "
@@ -186,10 +233,13 @@ def to_markdown(summary: dict[str, Any], rows: list[dict[str, Any]],
             fmt_num(r["p95_ms_at_capacity"], 0, " ms"), fmt_survival(r),
             f"`{r['failure_kind'] or '—'}`", fmt_usd(r["hourly_usd"]),
             fmt_usd(r["monthly_usd"], 2), fmt_usd(r["usd_per_million_requests"], 3),
-            fmt_num(r["capacity_per_usd_hour"], 0)]) + " |")
+            fmt_num(per_dollar(r, burst), 0)]) + " |")
     if best:
-        out += ["", f"★ most capacity per dollar: **{best}**."]
-
+        out += ["", f"★ most capacity per dollar: **{best}** (on "
+                    f"{'burst' if burst else 'sustained'} capacity)."]
+    lines = burst_lines(rows)
+    if lines:
+        out += ["", "## Burst vs sustained (CPU credits)", ""] + [f"- {line}" for line in lines]
     out += ["", "## Why each variant failed", ""]
     for r in rows:
         out.append(f"### {r['variant']}: `{r['failure_kind']}`")

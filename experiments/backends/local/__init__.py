@@ -4,6 +4,15 @@ An instance is the real app under a supervised Gunicorn master inside its own cg
 = instance memory − OS reserve, swap = the variant's swap, CPU = vCPUs × cpu_scale driven by
 a credit bucket), listening on its own 127.x.y.z address; the ALB is a real HAProxy. Every
 resource is written into a marker file before it is created, and removed in `finally`.
+
+Time dilation: at cpu_scale s < 1 every emulated vCPU is a fraction s of a host core, so the
+box is the AWS box in slow motion by d = 1/s — a request that takes 100 ms of CPU there takes
+100·d ms here. Every wall-clock quantity the *server* applies is stretched by the same d, or
+the emulation would judge a slowed box by real-time rules (Gunicorn killing a worker at 30 s
+that a real t3.medium finishes in 10): Gunicorn's `timeout` and `graceful_timeout`, HAProxy's
+health-check interval and timeout (and its idle timeouts), and the credit bucket's clock.
+The experiment's own clocks (SLO, survival length) are dilated by the runner with the same d,
+which this backend publishes as `dilation` and in `deployment.extra`.
 """
 
 from __future__ import annotations
@@ -34,9 +43,15 @@ from experiments.backends.local.cgroups import (
     InstanceCgroup,
     detect_layout,
 )
-from experiments.backends.local.credits import CREDIT_STARTS, CreditBucket
+from experiments.backends.local.credits import CREDIT_STARTS, CreditBucket, emulated_seconds
 from experiments.backends.local.sampler import SampledInstance, Sampler
-from experiments.backends.local.supervisor import Supervisor, pump_lines, wrap_in_cgroup
+from experiments.backends.local.supervisor import (
+    Supervisor,
+    dilate_gunicorn_args,
+    dilated_seconds,
+    pump_lines,
+    wrap_in_cgroup,
+)
 from experiments.errors import UserError
 from experiments.load.driver import check_loopback
 from experiments.model import LogLine, Observations, SignalSample
@@ -50,6 +65,11 @@ INSTANCE_PORT = 8000
 LB_PORT = 8080
 MIB = 1024 * 1024
 HEALTH_TIMEOUT_S = 90.0
+
+
+def dilation_for(cpu_scale: float) -> float:
+    """d = 1/cpu_scale, never below 1: an emulated vCPU is never faster than a host core."""
+    return max(1.0, 1.0 / cpu_scale)
 
 
 def host_cpu_cores() -> float:
@@ -94,6 +114,16 @@ class LocalDeployment(Deployment):
         sock = self._owner.haproxy_socket
         return haproxy.target_states(sock) if sock else {}
 
+    def set_credits(self, start: str) -> bool:
+        """Switch every instance's credit balance to `start` ("exhausted" or "launch") now.
+
+        This is how the sustained capacity is measured on the same deployment: a standard-mode
+        box with no credits runs at its baseline. Returns False when no instance has a credit
+        bucket (fixed-performance types) — nothing to switch. Waits until the sampler has
+        applied the new CPU quota, so the next load step already sees it.
+        """
+        return self._owner.set_credits(start)
+
 
 class LocalBackend:
     """Satisfies experiments.backends.base.Backend."""
@@ -102,7 +132,7 @@ class LocalBackend:
 
     def __init__(self, cpu_scale: float | None = None, credits: str = "launch",
                  time_compression: float = 1.0, state_dir: Path | None = None,
-                 host_cores: float | None = None) -> None:
+                 host_cores: float | None = None, dilation: float | None = None) -> None:
         if credits not in CREDIT_STARTS:
             raise UserError(f"credit start {credits!r} is not valid; use 'launch' or "
                             "'exhausted'.")
@@ -124,6 +154,10 @@ class LocalBackend:
             except UserError:
                 cpu_scale = self.choose_cpu_scale([], host_cores)
         self.cpu_scale: float = cpu_scale
+        if dilation is not None and not dilation >= 1:
+            raise UserError(f"time dilation must be a number >= 1 (1 = none), got {dilation!r}.")
+        self.dilation: float = dilation if dilation is not None else dilation_for(cpu_scale)
+        """How many times slower than the AWS box the emulated one runs (1/cpu_scale)."""
         self._layout: CgroupLayout | None = None
 
     @staticmethod
@@ -275,6 +309,23 @@ class _Stack:
             return Observations(signals=list(self._signals),
                                 logs=sorted(self._logs, key=lambda line: line.t))
 
+    def set_credits(self, start: str) -> bool:
+        if start not in CREDIT_STARTS:
+            raise UserError(f"credit start {start!r} is not valid; use 'launch' or "
+                            "'exhausted'.")
+        sampled = [i.sampled for i in self.instances if i.sampled and i.sampled.bucket]
+        for si in sampled:
+            assert si.bucket is not None
+            si.bucket.reset(start)
+        self._log(LogLine(time.time(), "supervisor:host",
+                          f"credit balance switched to {start} on {len(sampled)} instance(s)"))
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if all(abs(si.limit_cores - si.target_cores()) < 1e-9 for si in sampled):
+                break
+            time.sleep(0.05)
+        return bool(sampled)
+
     # ---- start -----------------------------------------------------------------------------
     def start(self) -> LocalDeployment:
         v, b = self.variant, self.backend
@@ -299,7 +350,9 @@ class _Stack:
             b.state.save(self.marker)
             cg.create()
             bucket = CreditBucket.for_instance(it, v.credit_mode, b.credits)
-            sampled = SampledInstance(name, cg, v.vcpu, b.cpu_scale, bucket, b.time_compression)
+            # The sampler advances the bucket by wall seconds × this rate: the emulated clock.
+            clock = emulated_seconds(1.0, b.dilation, b.time_compression)
+            sampled = SampledInstance(name, cg, v.vcpu, b.cpu_scale, bucket, clock)
             cg.set_limits(memory, v.swap_mib * MIB, v.swappiness, sampled.target_cores())
             data = self.run_dir / name / "data"
             appsetup.copy_data(cache, data)
@@ -322,6 +375,8 @@ class _Stack:
         extra: dict[str, object] = {
             "cpu_scale": b.cpu_scale, "cgroup_version": self.layout.version,
             "credits_start": b.credits, "time_compression": b.time_compression,
+            "dilation": b.dilation,
+            "gunicorn_timeout_s": dilated_seconds(v.gunicorn.timeout_s, b.dilation),
             "memory_limit_mib": v.memory_mib - v.os_reserve_mib,
             "os_reserve_mib": v.os_reserve_mib, "swapfiles": [str(p) for p in self.swapfiles],
             "instances": {i.name: f"http://{i.host}:{i.port}" for i in self.instances},
@@ -347,7 +402,8 @@ class _Stack:
     def _spawn(self, inst: Instance) -> None:
         v = self.variant
         argv = [sys.executable, "-m", "gunicorn", *_no_control_socket(),
-                *v.gunicorn_args(f"{inst.host}:{inst.port}")]
+                *dilate_gunicorn_args(v.gunicorn_args(f"{inst.host}:{inst.port}"),
+                                      self.backend.dilation)]
 
         def remember(pid: int) -> None:
             self.marker.pgids.append(pid)
@@ -385,7 +441,8 @@ class _Stack:
         sock = self.socket_dir / "haproxy.sock"
         cfg = self.run_dir / "haproxy.cfg"
         targets = [haproxy.Target(i.name, i.host, i.port) for i in self.instances]
-        cfg.write_text(haproxy.render_config(v, lb_host, LB_PORT, targets, sock))
+        cfg.write_text(haproxy.render_config(v, lb_host, LB_PORT, targets, sock,
+                                             dilation=self.backend.dilation))
         cg = self.layout.make(f"{CGROUP_PREFIX}{self.id}-lb")
         self.marker.cgroups += [str(p) for p in cg.paths]
         self.backend.state.save(self.marker)

@@ -6,6 +6,11 @@ check -> `option httpchk GET <path>` + `http-check expect status 200` (the ALB's
 matcher) with `inter` = interval, `fall` = unhealthy threshold, `rise` = healthy threshold and
 `timeout check` = timeout; no healthy target -> HAProxy's own 503; idle timeout 60 s like the
 ALB's default. The stats socket (`show stat`) gives per-target state.
+
+Under time dilation d (cpu_scale s = 1/d) the health check's interval and timeout and the
+idle timeouts are stretched by d: a target that needs 3 s to answer `/health` on a slowed box
+would answer in 1 s on the real one, and must not be marked down for it. The thresholds
+(counts of checks) are not times and stay as configured.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 from experiments.errors import UserError
 from stacks.variant import Variant
 
+IDLE_TIMEOUT_S = 60
+"""The ALB's default idle timeout."""
 BALANCE = {"round_robin": "roundrobin", "least_outstanding_requests": "leastconn"}
 
 
@@ -40,9 +47,18 @@ def haproxy_binary() -> str:
     return found
 
 
+def _ms(seconds: float, dilation: float) -> str:
+    """HAProxy time: whole seconds as `7s`, else milliseconds (dilated values rarely are)."""
+    ms = round(seconds * dilation * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
 def render_config(variant: Variant, bind_host: str, bind_port: int, targets: list[Target],
-                  stats_socket: Path) -> str:
+                  stats_socket: Path, dilation: float = 1.0) -> str:
+    if not dilation >= 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
     hc = variant.health_check
+    idle = _ms(IDLE_TIMEOUT_S, dilation)
     lines = [
         "global",
         f"    stats socket {stats_socket} mode 600 level admin",
@@ -51,9 +67,9 @@ def render_config(variant: Variant, bind_host: str, bind_port: int, targets: lis
         "defaults",
         "    mode http",
         "    timeout connect 5s",
-        "    timeout client 60s",
-        "    timeout server 60s",
-        f"    timeout check {hc.timeout_s}s",
+        f"    timeout client {idle}",
+        f"    timeout server {idle}",
+        f"    timeout check {_ms(hc.timeout_s, dilation)}",
         "    option http-keep-alive",
         "",
         "frontend alb",
@@ -64,7 +80,7 @@ def render_config(variant: Variant, bind_host: str, bind_port: int, targets: lis
         f"    balance {BALANCE[variant.lb_algorithm]}",
         f"    option httpchk GET {hc.path}",
         "    http-check expect status 200",
-        f"    default-server inter {hc.interval_s}s fall {hc.unhealthy_threshold} "
+        f"    default-server inter {_ms(hc.interval_s, dilation)} fall {hc.unhealthy_threshold} "
         f"rise {hc.healthy_threshold}",
     ]
     lines += [f"    server {t.name} {t.host}:{t.port} check" for t in targets]

@@ -10,6 +10,7 @@ runner, which then tears down in order, and teardown kills the whole group.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import subprocess
 import threading
@@ -24,6 +25,37 @@ from experiments.procs import stop_group
 RESTART_SEC = 0.1
 START_LIMIT_INTERVAL_S = 10.0
 START_LIMIT_BURST = 5
+
+GUNICORN_GRACEFUL_TIMEOUT_S = 30
+"""Gunicorn's default `graceful_timeout` (what a systemd-started Gunicorn on EC2 gets)."""
+
+
+def dilated_seconds(seconds: float, dilation: float) -> int:
+    """A server-side timeout stretched by the emulation's dilation, in whole seconds (Gunicorn
+    takes integers), never shorter than the undilated one."""
+    return max(int(seconds), math.ceil(seconds * dilation - 1e-9))
+
+
+def dilate_gunicorn_args(args: list[str], dilation: float) -> list[str]:
+    """Gunicorn's flags with `--timeout` and `--graceful-timeout` stretched by `dilation`.
+
+    At cpu_scale s a request needs 1/s times the wall time it needs on the AWS box; an
+    undilated 30 s worker timeout would kill workers that the real instance lets finish
+    (scale-up dying by WORKER TIMEOUT on a request a t3.medium serves in 10 s). The graceful
+    timeout (default 30 s) is added when absent, so both stay in the same emulated units.
+    """
+    out = list(args)
+    seen_graceful = False
+    for i, arg in enumerate(out[:-1]):
+        if arg in ("--timeout", "-t", "--graceful-timeout"):
+            out[i + 1] = str(dilated_seconds(float(out[i + 1]), dilation))
+            seen_graceful |= arg == "--graceful-timeout"
+    if not seen_graceful and dilation != 1.0:
+        # Flags go before the trailing WSGI app argument.
+        out[-1:-1] = ["--graceful-timeout",
+                      str(dilated_seconds(GUNICORN_GRACEFUL_TIMEOUT_S, dilation))]
+    return out
+
 
 _WRAPPER = ('for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 97; shift; done; '
             'shift; exec "$@"')

@@ -1,0 +1,187 @@
+"""Burst vs sustained arithmetic (experiments.credits_model) and the credit bucket's switch."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from experiments.backends.local.credits import CreditBucket, emulated_seconds
+from experiments.credits_model import (
+    credit_runway,
+    estimated_sustained_rps,
+    runway_minutes,
+    surplus_credits_per_hour,
+    vcpus_used_during,
+)
+from experiments.model import SignalSample, StepResult
+from stacks.catalog import load_catalog
+
+
+def itype(name: str):  # type: ignore[no-untyped-def]
+    return load_catalog().instance(name)
+
+
+def test_runway_is_balance_over_net_spend() -> None:
+    # t2.micro earns 6 credits/h = 0.1/min; at 1 vCPU it spends 1/min: net 0.9/min.
+    assert runway_minutes(144, 1.0, 6) == pytest.approx(160.0)
+    assert runway_minutes(30, 0.55, 6) == pytest.approx(30 / 0.45)
+    assert runway_minutes(144, 0.1, 6) is None  # exactly the baseline: never runs out
+    assert runway_minutes(144, 0.02, 6) is None
+    with pytest.raises(ValueError):
+        runway_minutes(-1, 1.0, 6)
+
+
+def test_t2_micro_standard_runway_full_and_launch() -> None:
+    r = credit_runway(itype("t2.micro"), "standard", 0.8)
+    assert r is not None and not r.never_runs_out
+    assert r.baseline_vcpus == pytest.approx(0.1)
+    assert r.full_minutes == pytest.approx(144 / 0.7)
+    assert r.launch_minutes == pytest.approx(30 / 0.7)
+    assert r.surplus_credits_per_hour == 0.0
+    text = r.describe(22.0, 2.75)
+    assert text == ("22.0 req/s for 43 min (launch credits; 206 min on a full balance), "
+                    "then 2.8 req/s")
+    assert r.to_dict()["full_minutes"] == pytest.approx(205.714, abs=1e-3)
+
+
+def test_usage_is_clamped_to_the_instance_vcpus() -> None:
+    # A sample slightly above the quota (control-loop slack) cannot spend faster than 1 vCPU.
+    r = credit_runway(itype("t2.micro"), "standard", 1.3)
+    assert r is not None and r.used_vcpus == 1.0 and r.full_minutes == pytest.approx(160.0)
+
+
+def test_unlimited_mode_never_throttles_and_prices_surplus() -> None:
+    # t3.medium: 24 credits/h; 1.5 vCPUs busy spend 90/h -> 66 surplus credits per hour.
+    r = credit_runway(itype("t3.medium"), "unlimited", 1.5)
+    assert r is not None
+    assert r.full_minutes is None and r.launch_minutes is None
+    assert r.surplus_credits_per_hour == pytest.approx(66.0)
+    assert "sustained (unlimited mode; 66 surplus credits/h" in r.describe(50.0, 50.0)
+    assert surplus_credits_per_hour(0.2, 24) == 0.0
+
+
+def test_fixed_performance_types_have_no_runway() -> None:
+    assert credit_runway(itype("c6i.large"), "standard", 2.0) is None
+
+
+def test_below_baseline_the_burst_is_the_sustained_capacity() -> None:
+    r = credit_runway(itype("t2.micro"), "standard", 0.05)
+    assert r is not None and r.never_runs_out and r.full_minutes is None
+    assert "within the baseline" in r.describe(3.0, None)
+
+
+def test_estimated_sustained_scales_with_the_cpu_available() -> None:
+    assert estimated_sustained_rps(22.0, 0.9, 0.1) == pytest.approx(22.0 / 9)
+    assert estimated_sustained_rps(22.0, 0.05, 0.1) == 22.0  # never more than the burst
+    assert estimated_sustained_rps(22.0, 0.0, 0.1) == 22.0
+
+
+def test_vcpus_used_during_a_step_divides_by_cpu_scale() -> None:
+    step = StepResult(offered_rps=20, achieved_rps=20, p50_ms=1, p95_ms=2, p99_ms=3,
+                      error_rate=0, started_at=100.0, ended_at=104.0, duration_s=4.0)
+    signals = [SignalSample(t=t, instance=i, cpu_used_cores=c)
+               for t, i, c in [(99.0, "i0", 0.05), (101.0, "i0", 0.3), (102.0, "i0", 0.3),
+                               (101.0, "i1", 0.2), (102.0, "i1", 0.2), (110.0, "i0", 0.01)]]
+    assert vcpus_used_during(step, signals, 0.5) == pytest.approx(0.5)  # mean 0.25 cores / 0.5
+    assert vcpus_used_during(step, signals, None) == pytest.approx(0.25)
+    assert vcpus_used_during(step, [], 0.5) is None
+
+
+# ---- the local bucket: emulated clock and the exhausted switch ---------------------------
+
+def test_emulated_seconds_follow_the_dilation() -> None:
+    assert emulated_seconds(3.0, dilation=3.0) == pytest.approx(1.0)
+    assert emulated_seconds(1.0, dilation=2.0, compression=600) == pytest.approx(300.0)
+    with pytest.raises(ValueError):
+        emulated_seconds(1.0, dilation=0)
+
+
+def test_reset_switches_between_launch_and_exhausted() -> None:
+    b = CreditBucket.for_instance(itype("t2.micro"), "standard", "launch")
+    assert b is not None and b.allowed_vcpus() == 1.0 and b.balance == 30
+    b.reset("exhausted")
+    assert b.balance == 0 and b.allowed_vcpus() == pytest.approx(0.1)
+    # Earning less than the resume threshold (1 credit) keeps it at the baseline.
+    b.update(0.0, 5 * 60)  # 5 idle minutes earn 0.5 credits
+    assert b.allowed_vcpus() == pytest.approx(0.1)
+    b.reset("launch")
+    assert b.balance == 30 and b.allowed_vcpus() == 1.0
+    with pytest.raises(Exception, match="not valid"):
+        b.reset("full-ish")
+
+
+def test_reset_on_unlimited_never_throttles() -> None:
+    b = CreditBucket.for_instance(itype("t3.medium"), "unlimited", "launch")
+    assert b is not None
+    b.reset("exhausted")
+    assert b.allowed_vcpus() == 2.0
+    b.update(2.0, 60)  # one minute at 2 vCPUs: 2 credits spent, 0.4 earned -> 1.6 surplus
+    assert b.surplus == pytest.approx(1.6)
+
+
+def test_reset_racing_the_sampler_leaves_the_balance_empty() -> None:
+    """The sampler thread updates while the runner resets: the reset must win, not be undone
+    by an update that read the old balance."""
+    b = CreditBucket.for_instance(itype("t2.micro"), "standard", "launch")
+    assert b is not None
+    stop = threading.Event()
+
+    def sampler() -> None:
+        while not stop.is_set():
+            b.update(0.0, 1.0)
+
+    t = threading.Thread(target=sampler)
+    t.start()
+    try:
+        for _ in range(200):
+            b.reset("exhausted")
+            assert b.launch == 0.0
+    finally:
+        stop.set()
+        t.join()
+
+
+# ---- summary keys and the per-dollar ranking ------------------------------------------------
+
+def test_burst_summary_for_each_kind_of_instance() -> None:
+    from experiments.credits_model import Sustained, burst_summary
+
+    measured = Sustained(4.5, "measured", 0.9, [])
+    micro = burst_summary(itype("t2.micro"), "standard", 1, 68.0, 0.9, measured)
+    assert micro["sustained_capacity_rps"] == 4.5 and micro["sustained_source"] == "measured"
+    assert micro["credit_runway_minutes"] == pytest.approx(180.0)  # 144 / (0.9 - 0.1)
+    assert micro["credit_runway"]["launch_minutes"] == pytest.approx(37.5)
+    assert micro["credit_runway"]["text"].startswith("68.0 req/s for 38 min (launch credits")
+    medium = burst_summary(itype("t3.medium"), "unlimited", 1, 120.0, 1.5, None)
+    assert medium["sustained_capacity_rps"] == 120.0 and medium["credit_runway_minutes"] is None
+    assert medium["credit_runway"]["surplus_credits_per_hour"] == pytest.approx(66.0)
+    fixed = burst_summary(itype("c6i.large"), "standard", 2, 300.0, 1.8, None)
+    assert fixed == {"sustained_capacity_rps": 300.0,
+                     "sustained_source": "no credits (fixed performance)",
+                     "credit_runway_minutes": None, "credit_runway": None}
+    idle = burst_summary(itype("t2.micro"), "standard", 1, 3.0, 0.05, measured)
+    assert idle["sustained_capacity_rps"] == 3.0  # within the baseline: credits never run out
+    unknown = burst_summary(itype("t2.micro"), "standard", 1, 68.0, None, None)
+    assert unknown["sustained_capacity_rps"] is None
+
+
+def test_the_star_ranks_sustained_capacity_unless_burst() -> None:
+    from experiments.report.tables import best_value, burst_lines, fmt_capacity
+
+    rows = [
+        {"variant": "micro-swap", "capacity_rps": 70.0, "sustained_capacity_rps": 4.6,
+         "capacity_per_usd_hour": 5000.0, "sustained_capacity_per_usd_hour": 330.0,
+         "runway_text": "70.0 req/s for 38 min (...), then 4.6 req/s",
+         "sustained_source": "measured"},
+        {"variant": "scale-up", "capacity_rps": 120.0, "sustained_capacity_rps": 120.0,
+         "capacity_per_usd_hour": 2400.0, "sustained_capacity_per_usd_hour": 2400.0},
+    ]
+    assert best_value(rows) == "scale-up"
+    assert best_value(rows, burst=True) == "micro-swap"
+    assert fmt_capacity(rows[0]) == "70.0 → 4.6" and fmt_capacity(rows[1]) == "120.0"
+    assert burst_lines(rows) == ["micro-swap: 70.0 req/s for 38 min (...), then 4.6 req/s "
+                                 "(sustained measured)"]
+    old_run = [{"variant": "a", "capacity_per_usd_hour": 10.0},
+               {"variant": "b", "capacity_per_usd_hour": 20.0}]
+    assert best_value(old_run) == "b"  # runs from before the split still rank
