@@ -17,11 +17,12 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
-from test_aws_support import AWS_ENV_CLEARED, FakePulumi
+from test_aws_support import FakePulumi, fake_aws
 
 from experiments.procs import free_port
 from shop.serve import PROJECT_DIR, Server, gunicorn
@@ -82,29 +83,37 @@ def shop(tmp_path: Path) -> Iterator[Server]:
         yield server
 
 
-def play_the_agent(endpoint: str, stop: threading.Event, published: list[str]) -> None:
+def play_the_agent(endpoint: str, stop: threading.Event, published: list[str],
+                   errors: list[str]) -> None:
     """Every 2 s, memory/swap/CPU for each running scalelab instance, as the agent does."""
     ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=endpoint)
     cw = boto3.client("cloudwatch", region_name="us-east-1", endpoint_url=endpoint)
     while not stop.wait(2):
-        reservations = ec2.describe_instances(Filters=[
-            {"Name": "tag:project", "Values": ["scalelab"]},
-            {"Name": "instance-state-name", "Values": ["running"]}])["Reservations"]
-        for inst in (i for r in reservations for i in r["Instances"]):
-            dims = [{"Name": "InstanceId", "Value": inst["InstanceId"]}]
-            stamp = datetime.now(UTC)
-            cw.put_metric_data(Namespace="scalelab", MetricData=[
-                {"MetricName": name, "Dimensions": dims, "Timestamp": stamp, "Value": value,
-                 "Unit": "Percent", "StorageResolution": 1}
-                for name, value in (("mem_used_percent", 61.0), ("swap_used_percent", 0.0),
-                                    ("cpu_usage_idle", 30.0))])
-            published.append(inst["InstanceId"])
+        try:
+            publish_once(ec2, cw, published)
+        except Exception as exc:  # the test asserts there were none
+            errors.append(repr(exc))
+
+
+def publish_once(ec2: Any, cw: Any, published: list[str]) -> None:
+    """One round of what the agent publishes."""
+    reservations = ec2.describe_instances(Filters=[
+        {"Name": "tag:project", "Values": ["scalelab"]},
+        {"Name": "instance-state-name", "Values": ["running"]}])["Reservations"]
+    for inst in (i for r in reservations for i in r["Instances"]):
+        dims = [{"Name": "InstanceId", "Value": inst["InstanceId"]}]
+        stamp = datetime.now(UTC)
+        cw.put_metric_data(Namespace="scalelab", MetricData=[
+            {"MetricName": name, "Dimensions": dims, "Timestamp": stamp, "Value": value,
+             "Unit": "Percent", "StorageResolution": 1}
+            for name, value in (("mem_used_percent", 61.0), ("swap_used_percent", 0.0),
+                                ("cpu_usage_idle", 30.0))])
+        published.append(inst["InstanceId"])
 
 
 def test_run_backend_aws_from_deploy_to_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                moto_server: str, shop: Server) -> None:
-    for name in AWS_ENV_CLEARED:
-        monkeypatch.delenv(name, raising=False)
+    fake_aws(monkeypatch, tmp_path)  # this process too: the agent thread signs its requests
     fake = FakePulumi(tmp_path, monkeypatch)
     (fake.home / "up_hook.py").write_text(UP_HOOK)
     (fake.home / "destroy_hook.py").write_text(DESTROY_HOOK)
@@ -119,8 +128,8 @@ def test_run_backend_aws_from_deploy_to_report(tmp_path: Path, monkeypatch: pyte
            "AWS_EC2_METADATA_DISABLED": "true",
            "AWS_CONFIG_FILE": str(home / "no-aws-config"),
            "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials")}
-    stop, published = threading.Event(), []
-    agent = threading.Thread(target=play_the_agent, args=(moto_server, stop, published),
+    stop, published, errors = threading.Event(), [], []
+    agent = threading.Thread(target=play_the_agent, args=(moto_server, stop, published, errors),
                              daemon=True)
     agent.start()
     out = tmp_path / "results"
@@ -133,6 +142,7 @@ def test_run_backend_aws_from_deploy_to_report(tmp_path: Path, monkeypatch: pyte
         stop.set()
         agent.join(10)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert errors == [] and published, errors[:3]
 
     # deployed with Pulumi, then destroyed with Pulumi; nothing left in "AWS"
     assert fake.ops() == ["up", "destroy"]
