@@ -151,6 +151,7 @@ build_rootfs() {
   root="$cache/rootfs.new"
   rm -rf "$root"
   if [ ! -f "$cache/base.tar" ]; then
+    # shellcheck disable=SC2016  # $(REPO_URI) is apt's template, not a shell expansion
     mirror="${SCALELAB_VM_MIRROR:-$(apt-get indextargets --format '$(REPO_URI)' 'Codename: bookworm' 2>/dev/null \
       | grep -m1 '/debian/$' || true)}"
     mirror="${mirror:-http://deb.debian.org/debian/}"

@@ -19,11 +19,12 @@ step mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 step mount -t tmpfs -o mode=1777 shm /dev/shm
 step mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 /dev/vda
 step mount -o noatime /dev/vda /var/tmp
-mkdir -p -m 1777 /var/tmp/tmp
+mkdir -m 1777 /var/tmp/tmp
 chmod 1777 /var/tmp
 step mount --bind /var/tmp/tmp /tmp
 hostname cgroup2-vm
 
+# shellcheck disable=SC1091  # written by cgroup2-vm.sh for each run
 . /vmrun/env
 cd "$SCALELAB_CHECKOUT" || exit 1
 # A checkout is written by whoever owns it on the host; keep Python's caches out of it.
