@@ -4,8 +4,10 @@
 # Usage:
 #   scripts/cgroup2-vm.sh build            build the VM once (cached; safe to re-run)
 #   scripts/cgroup2-vm.sh run CMD [ARG..]  boot, run CMD as root in the checkout, power off
-#   scripts/cgroup2-vm.sh test             the contributors' target: the local backend's tests
+#   scripts/cgroup2-vm.sh test [STAGE..]   the contributors' target: the local backend's tests
 #                                          and a one-variant run, as root and delegated
+#                                          (stages: root-tests root-run delegated-tests
+#                                          delegated-run; default all)
 #   scripts/cgroup2-vm.sh clean            delete the cache
 #
 # The VM boots a Debian kernel with a busybox initramfs; its root is a debootstrap'ed bookworm
@@ -272,7 +274,7 @@ cleanup_qemu_only() {
 case "${1:-}" in
   build) build ;;
   run) shift; run "$@" ;;
-  test) run bash scripts/cgroup2-vm/suite.sh ;;
+  test) shift; run bash scripts/cgroup2-vm/suite.sh "$@" ;;
   clean) rm -rf "$cache" ;;
-  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

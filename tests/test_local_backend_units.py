@@ -77,7 +77,7 @@ def test_v2_layout_is_detected_and_controllers_delegated(tmp_path: Path) -> None
     (root / "scalelab").mkdir()
     (root / "scalelab" / "cgroup.controllers").write_text("cpu memory\n")
     (root / "scalelab" / "cgroup.subtree_control").write_text("")
-    layout = detect_layout(mounts_file=mounts, cgroup_file=own)
+    layout = detect_layout(mounts_file=mounts, cgroup_file=own, as_root=True)
     assert layout.version == 2
     parent = layout.parents["unified"]
     # subtree_control is a plain file here: the last write is what the kernel would get.

@@ -327,7 +327,7 @@ def _self_cgroups(cgroup_file: Path) -> dict[str, str]:
 
 def detect_layout(mounts_file: Path = Path("/proc/mounts"),
                   cgroup_file: Path = Path("/proc/self/cgroup"),
-                  v2_root: Path | None = None) -> CgroupLayout:
+                  v2_root: Path | None = None, as_root: bool | None = None) -> CgroupLayout:
     """Pick v1 when the memory controller is mounted as v1 (hybrid hosts), else v2.
 
     Raises UserError naming what is missing: controllers, write access or swap accounting.
@@ -355,7 +355,7 @@ def detect_layout(mounts_file: Path = Path("/proc/mounts"),
     if unified is None:
         raise UserError("no cgroup v1 memory controller and no cgroup2 mount found; the local "
                         "backend needs cgroups (mount cgroup2 at /sys/fs/cgroup).")
-    return CgroupLayout(2, {"unified": prepare_v2_parent(unified, own.get("", "/"))})
+    return CgroupLayout(2, {"unified": prepare_v2_parent(unified, own.get("", "/"), as_root)})
 
 
 def prepare_v2_parent(unified: Path, own_path: str, as_root: bool | None = None) -> Path:
