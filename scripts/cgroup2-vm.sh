@@ -64,8 +64,8 @@ build_kernel() {
   [ -n "$kver" ] || die "apt knows no linux-image-amd64; run apt-get update (a Debian/Ubuntu host with Debian's mirror is needed)."
   say "kernel: apt-get download linux-image-$kver"
   tmp="$(mktemp -d)"
-  (cd "$tmp" && apt-get download -q "linux-image-$kver" >/dev/null) \
-    || { rm -rf "$tmp"; die "apt-get download linux-image-$kver failed."; }
+  (cd "$tmp" && apt-get download -q "linux-image-$kver" >"$cache/apt-download.log" 2>&1) \
+    || { rm -rf "$tmp"; die "apt-get download linux-image-$kver failed; see $cache/apt-download.log"; }
   rm -rf "$cache/kernel"
   dpkg -x "$tmp"/linux-image-*.deb "$cache/kernel"
   rm -rf "$tmp"
@@ -149,7 +149,7 @@ build_rootfs() {
   stamp="$cache/rootfs.stamp"
   [ -d "$cache/rootfs" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
   [ "$(id -u)" -eq 0 ] || die "building the rootfs needs root (debootstrap and chroot); run 'sudo $0 build' once."
-  need debootstrap chroot
+  need debootstrap chroot unshare
   root="$cache/rootfs.new"
   rm -rf "$root"
   if [ ! -f "$cache/base.tar" ]; then
@@ -158,7 +158,10 @@ build_rootfs() {
       | grep -m1 '/debian/$' || true)}"
     mirror="${mirror:-http://deb.debian.org/debian/}"
     say "rootfs: debootstrap --variant=minbase $suite from $mirror (about a minute)"
-    debootstrap --variant=minbase --include="$guest_debs" "$suite" "$root" "$mirror" \
+    # In a private mount namespace: debootstrap's own /proc and /sys mounts in the target
+    # never show up among (or linger in) the host's mounts.
+    unshare --mount --propagation private \
+      debootstrap --variant=minbase --include="$guest_debs" "$suite" "$root" "$mirror" \
       > "$cache/debootstrap.log" 2>&1 || die "debootstrap failed; see $cache/debootstrap.log"
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
     tar -C "$root" -cf "$cache/base.tar.tmp" . && mv "$cache/base.tar.tmp" "$cache/base.tar"
@@ -271,10 +274,15 @@ cleanup_qemu_only() {
   rundir="$saved"
 }
 
-case "${1:-}" in
-  build) build ;;
-  run) shift; run "$@" ;;
-  test) shift; run bash scripts/cgroup2-vm/suite.sh "$@" ;;
-  clean) rm -rf "$cache" ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
-esac
+# In a function, so bash has read all of it before it runs: editing this file while a VM
+# runs cannot change what the running copy does.
+main() {
+  case "${1:-}" in
+    build) build ;;
+    run) shift; run "$@" ;;
+    test) shift; run bash scripts/cgroup2-vm/suite.sh "$@" ;;
+    clean) rm -rf "$cache" ;;
+    *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  esac
+}
+main "$@"
