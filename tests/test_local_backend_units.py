@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from experiments.backends.local import LocalBackend, pick_addresses
-from experiments.backends.local.cgroups import CgroupV2, detect_layout, prepare_v2_parent
+from experiments.backends.local.cgroups import (
+    CgroupV2,
+    detect_layout,
+    host_swappiness,
+    prepare_v2_parent,
+)
 from experiments.backends.local.credits import CreditBucket
 from experiments.backends.local.haproxy import Target, render_config
 from experiments.errors import UserError
@@ -35,8 +40,11 @@ def test_v2_limits_are_written_as_memory_max_swap_max_and_cpu_max(tmp_path: Path
     assert (cg.path / "cpu.max").read_text() == "33000 100000"
     assert (cg.path / "memory.oom.group").read_text() == "0"
     cg.set_cpu(0.033)
+    # v2 has no per-cgroup swappiness: what applies is the host's, reported, never written
     assert cg.read_limits() == {"memory_bytes": 674 * 1024 * 1024, "swap_bytes": 0,
+                                "swappiness": host_swappiness(),
                                 "cpu_quota_us": 3300, "cpu_period_us": 100000}
+    assert not (cg.path / "memory.swappiness").exists()
     cg.set_limits(memory_bytes=None, swap_bytes=2048 * 1024 * 1024, swappiness=60,
                   cpu_cores=None)
     assert (cg.path / "memory.max").read_text() == "max"
@@ -69,7 +77,7 @@ def test_v2_layout_is_detected_and_controllers_delegated(tmp_path: Path) -> None
     (root / "scalelab").mkdir()
     (root / "scalelab" / "cgroup.controllers").write_text("cpu memory\n")
     (root / "scalelab" / "cgroup.subtree_control").write_text("")
-    layout = detect_layout(mounts_file=mounts, cgroup_file=own)
+    layout = detect_layout(mounts_file=mounts, cgroup_file=own, as_root=True)
     assert layout.version == 2
     parent = layout.parents["unified"]
     # subtree_control is a plain file here: the last write is what the kernel would get.
@@ -85,6 +93,10 @@ def test_delegated_v2_subtree_moves_our_processes_into_a_leaf(tmp_path: Path) ->
     assert parent == scope
     assert (scope / "scalelab-supervisor" / "cgroup.procs").read_text() == "4242"
     assert (scope / "cgroup.subtree_control").read_text() in ("+memory", "+cpu")
+    # A child process of the run starts in the leaf: same parent, no second leaf inside it.
+    assert prepare_v2_parent(tmp_path, "/user.slice/run-1.scope/scalelab-supervisor",
+                             as_root=False) == scope
+    assert not (scope / "scalelab-supervisor" / "scalelab-supervisor").exists()
     (scope / "cgroup.controllers").write_text("pids\n")
     with pytest.raises(UserError, match="lacks the cpu, memory controller"):
         prepare_v2_parent(tmp_path, "/user.slice/run-1.scope", as_root=False)

@@ -68,6 +68,14 @@ def quota_us(cores: float) -> int:
     return max(MIN_QUOTA_US, round(cores * CPU_PERIOD_US))
 
 
+def host_swappiness(proc_file: Path = Path("/proc/sys/vm/swappiness")) -> int | None:
+    """vm.swappiness: what v2 cgroups swap by (v2 has no per-cgroup knob; we never set it)."""
+    try:
+        return int(_read(proc_file))
+    except (OSError, ValueError):
+        return None
+
+
 class InstanceCgroup:
     """The cgroup(s) of one instance; subclasses know the file names of one cgroup version."""
 
@@ -257,6 +265,7 @@ class CgroupV2(InstanceCgroup):
         quota, period = _read(self.path / "cpu.max").split()
         return {"memory_bytes": num(_read(self.path / "memory.max")),
                 "swap_bytes": num(_read(self.path / "memory.swap.max")),
+                "swappiness": host_swappiness(),
                 "cpu_quota_us": num(quota), "cpu_period_us": int(period)}
 
     def stats(self) -> CgroupStats:
@@ -318,7 +327,7 @@ def _self_cgroups(cgroup_file: Path) -> dict[str, str]:
 
 def detect_layout(mounts_file: Path = Path("/proc/mounts"),
                   cgroup_file: Path = Path("/proc/self/cgroup"),
-                  v2_root: Path | None = None) -> CgroupLayout:
+                  v2_root: Path | None = None, as_root: bool | None = None) -> CgroupLayout:
     """Pick v1 when the memory controller is mounted as v1 (hybrid hosts), else v2.
 
     Raises UserError naming what is missing: controllers, write access or swap accounting.
@@ -346,7 +355,7 @@ def detect_layout(mounts_file: Path = Path("/proc/mounts"),
     if unified is None:
         raise UserError("no cgroup v1 memory controller and no cgroup2 mount found; the local "
                         "backend needs cgroups (mount cgroup2 at /sys/fs/cgroup).")
-    return CgroupLayout(2, {"unified": prepare_v2_parent(unified, own.get("", "/"))})
+    return CgroupLayout(2, {"unified": prepare_v2_parent(unified, own.get("", "/"), as_root)})
 
 
 def prepare_v2_parent(unified: Path, own_path: str, as_root: bool | None = None) -> Path:
@@ -369,10 +378,16 @@ def prepare_v2_parent(unified: Path, own_path: str, as_root: bool | None = None)
         _enable_controllers(parent)
         return parent
     parent = unified / own_path.lstrip("/")
+    leaf_name = f"{CGROUP_PREFIX}supervisor"
+    if parent.name == leaf_name:
+        # A child of a delegated run (a test, a Locust worker) starts in the leaf its parent
+        # made: the delegated cgroup is the leaf's parent; nesting a second leaf would drag the
+        # parent's processes one level further down.
+        parent = parent.parent
     if not os.access(parent / "cgroup.subtree_control", os.W_OK):
         raise UserError(f"cgroup {parent} is not delegated to this user (cannot write "
                         f"cgroup.subtree_control); {FIX_HINT}.")
-    leaf = parent / f"{CGROUP_PREFIX}supervisor"
+    leaf = parent / leaf_name
     leaf.mkdir(exist_ok=True)
     for pid in (parent / "cgroup.procs").read_text().split():
         with contextlib.suppress(OSError):
