@@ -293,10 +293,12 @@ class VariantRun:
             return float(stored["offered_rps"]), str(stored.get("source", ""))
         failed = [s.offered_rps for s in capacity.steps
                   if s.passed is False and not s.generator_saturated]
-        rate = survival_rate(failed, self.plan.survival_rps)
+        found = survival_rate(failed, self.plan.survival_rps)
+        if found is not None:
+            rate = found
         if self.plan.survival_rps:
             source = "--survival-rps"
-        elif rate is not None:
+        elif found is not None:
             source = f"the lowest rate {self.variant.name} failed its capacity search at"
         else:
             rate = max(1.0, capacity.capacity_rps * self.plan.profile.growth)

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -478,7 +478,7 @@ class _Stack:
         """Reverse order; every step runs even when an earlier one fails."""
         errors: list[str] = []
 
-        def step(what: str, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        def step(what: str, fn: Callable[..., object], *args: object) -> None:
             try:
                 fn(*args)
             except Exception as exc:  # noqa: BLE001 - teardown must go on

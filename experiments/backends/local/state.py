@@ -98,7 +98,7 @@ class StateDir:
             (self.markers / f"{marker.deployment_id}.json").unlink()
 
     def load_all(self) -> list[Marker]:
-        out = []
+        out: list[Marker] = []
         if not self.markers.is_dir():
             return out
         for path in sorted(self.markers.glob("*.json")):
@@ -136,10 +136,10 @@ def find_leftovers(state: StateDir, layout: CgroupLayout | None) -> list[Leftove
                 found.append(Leftover("cgroup", cg, f"variant {m.variant}", m.run_id))
                 seen.add(cg)
         active = set(map(str, swap.active_swapfiles()))
-        for sf in m.swapfiles:
-            if Path(sf).exists() or sf in active:
-                found.append(Leftover("swapfile", sf, f"variant {m.variant}", m.run_id))
-                seen.add(sf)
+        for swapfile in m.swapfiles:
+            if Path(swapfile).exists() or swapfile in active:
+                found.append(Leftover("swapfile", swapfile, f"variant {m.variant}", m.run_id))
+                seen.add(swapfile)
         for d in m.directories:
             if Path(d).exists():
                 found.append(Leftover("directory", d, f"variant {m.variant}", m.run_id))
