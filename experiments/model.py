@@ -173,6 +173,17 @@ class StepResult(Record):
     """Set by the capacity search's verdict; None before judging."""
     verdict: str = ""
     """Why it passed or failed, e.g. 'p95 612 ms > SLO 500 ms'."""
+    p50_intended_ms: float | None = None
+    p95_intended_ms: float | None = None
+    """Latency measured from each arrival's *scheduled* send time (wrk2's correction): what a
+    visitor arriving on schedule waits. The SLO verdict uses this one; None in results written
+    before it existed. p50_ms/p95_ms/p99_ms stay the latency from the actual send."""
+    p99_intended_ms: float | None = None
+    scheduled: int = 0
+    """Arrivals that fell due during the hold (offered_rps x duration_s, give or take one)."""
+    dropped: int = 0
+    """Scheduled arrivals the generator could not send within 1 s of their due time (k6's
+    dropped iterations): nonzero means the pool ran dry or the generator fell behind."""
 
 
 def step_at_capacity(steps: list[StepResult]) -> StepResult | None:

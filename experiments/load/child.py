@@ -6,6 +6,7 @@ with gevent; that is why this is a separate process and the parent never imports
 
 Protocol (one JSON object per line). Parent -> child on stdin:
     {"cmd": "step", "offered_rps": 40, "warmup_s": 5, "hold_s": 15}
+    {"cmd": "offer", "offered_rps": 40, "seconds": 60, "judge": true}
     {"cmd": "survival", "users": 100, "limit_s": 120}
     {"cmd": "quit"}
 Child -> parent on the original stdout (fd 1 is redirected to stderr, so a print() in a
@@ -15,10 +16,15 @@ locustfile cannot corrupt the protocol):
         usage: the user's input is at fault (the locustfile): one sentence for the user;
         internal: the generator itself failed.
     {"type": "tick", "t": 3.0, "requests": .., "errors": .., "p95_ms": ..}
-    {"type": "survival", "result": {...}}
+    {"type": "survival", "result": {...}} | {"type": "offer", "result": {...}}
 Workers (distributed mode) take no commands: they are driven by the master through Locust's
 own messages plus three custom ones (scalelab_pace, scalelab_swap -> scalelab_window), and
 exit when their stdin closes (the parent is gone).
+
+Open-model arrivals (see experiments.load.pacing): every process has an `ArrivalGate`. Users
+never send on their own: before each task (the first one too) a user waits at the gate for
+the next scheduled arrival. The pool stays alive across steps; a step only changes the gate's
+rate. In closed-loop mode (survival) the gate lets every user through at once.
 """
 
 from __future__ import annotations
@@ -36,12 +42,13 @@ from typing import IO, Any
 import gevent
 import psutil
 from gevent.fileobject import FileObjectPosix
-from locust import User, constant, events
+from gevent.queue import Queue
+from locust import User, events
 from locust.env import Environment
-from locust.runners import STATE_SPAWNING, MasterRunner, Runner
+from locust.runners import STATE_SPAWNING, STATE_STOPPED, MasterRunner, Runner
 
 from experiments.load.histogram import Window
-from experiments.load.pacing import paced, pool_for
+from experiments.load.pacing import Schedule, pool_users, too_late
 from experiments.load.survival import Second, SurvivalRule
 from experiments.model import StepResult, SurvivalResult
 
@@ -55,6 +62,9 @@ LAG_PROBE_S = 0.05
 CPU_SAMPLE_S = 1.0
 WORKER_CONNECT_TIMEOUT_S = 60.0
 WINDOW_REPLY_TIMEOUT_S = 5.0
+SPAWN_S = 0.5
+"""New users are started within this long; they wait at the gate, so no burst follows."""
+SPAWN_TIMEOUT_S = 30.0
 
 
 class LocustfileError(Exception):
@@ -101,19 +111,14 @@ def load_user_class(path: str) -> type[User]:
     return classes[0]
 
 
-def set_pace(user_class: type[User], per_user_rps: float | None) -> None:
-    """Constant arrivals per user (open-model step) or none at all (closed-loop overload)."""
-    user_class.wait_time = (  # type: ignore[method-assign]
-        paced(per_user_rps) if per_user_rps else constant(0)
-    )
-
-
 class Recorder:
     """This process's current Window: fed by the `request` event, swapped at boundaries."""
 
     def __init__(self) -> None:
         self._process = psutil.Process()
         self.window = Window(started=time.monotonic())
+        self.due: dict[Any, float] = {}
+        """User greenlet -> due time of the arrival it is sending (set by the gate)."""
         self._sampler: gevent.Greenlet | None = None
         self._start_sampling()
 
@@ -159,7 +164,10 @@ class Recorder:
         if exception is not None:
             status = getattr(response, "status_code", 0) or 0
             kind = f"HTTP {status}" if status >= 400 else type(exception).__name__
-        self.window.record(response_time or 0.0, kind, response_length or 0)
+        # The event fires in the greenlet of the user that sent the request.
+        due = self.due.pop(gevent.getcurrent(), None)
+        intended_ms = None if due is None else 1000.0 * (time.monotonic() - due)
+        self.window.record(response_time or 0.0, kind, response_length or 0, intended_ms)
 
     def on_user_error(self, exception: BaseException | None = None, **_: Any) -> None:
         """An exception escaped a task: count it, or a broken locustfile would look idle."""
@@ -183,12 +191,81 @@ class Recorder:
         return old
 
 
+class ArrivalGate:
+    """Hands each scheduled arrival to a free user; a user never sends without one.
+
+    `open(rate)` starts a dispatcher greenlet that puts every arrival into a queue at its due
+    time; a free user takes the oldest one (dropping and counting any that are already
+    `DROP_AFTER_S` late), notes its due time for the corrected latency, and runs one task.
+    """
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.closed_loop = False
+        self._queue: Queue[float] = Queue()
+        self._dispatcher: gevent.Greenlet | None = None
+
+    def install(self, user_class: type[User]) -> None:
+        """Gate every task of `user_class`, its first one included (Locust runs that at once)."""
+        original_on_start = user_class.on_start
+        gate = self
+
+        def on_start(user: User) -> None:
+            original_on_start(user)
+            gate.wait_for_arrival()
+
+        def wait_time(user: User) -> float:
+            gate.wait_for_arrival()
+            return 0.0
+
+        user_class.on_start = on_start  # type: ignore[method-assign]
+        user_class.wait_time = wait_time  # type: ignore[method-assign]
+
+    def pace(self, rate: float | None, phase: float = 0.0) -> None:
+        """rate > 0: open model at `rate` arrivals/s; 0: idle (nobody sends); None: closed loop."""
+        if self._dispatcher is not None:
+            self._dispatcher.kill(block=True)
+            self._dispatcher = None
+        while not self._queue.empty():  # the last step's unsent arrivals belong to no one
+            self._queue.get_nowait()
+        self.recorder.due.clear()
+        self.closed_loop = rate is None
+        if rate:
+            schedule = Schedule(rate, time.monotonic(), phase)
+            self._dispatcher = gevent.spawn(self._dispatch, schedule)
+
+    def _dispatch(self, schedule: Schedule) -> None:
+        while True:
+            now = time.monotonic()
+            for due in schedule.take_due(now):
+                self.recorder.window.scheduled += 1
+                self._queue.put(due)
+            while not self._queue.empty() and too_late(self._queue.peek(), now):
+                self._queue.get_nowait()
+                self.recorder.window.dropped += 1
+            gevent.sleep(max(0.0, schedule.next_due() - time.monotonic()))
+
+    def wait_for_arrival(self) -> None:
+        """Block the calling user until an arrival is due (closed loop: return at once)."""
+        if self.closed_loop:
+            return
+        while True:
+            due = self._queue.get()
+            if too_late(due, time.monotonic()):
+                self.recorder.window.dropped += 1
+                continue
+            self.recorder.due[gevent.getcurrent()] = due
+            return
+
+
 class Collector:
     """Windows of the whole generator: this process, plus every worker in distributed mode."""
 
-    def __init__(self, runner: Runner, recorder: Recorder, workers: int) -> None:
+    def __init__(self, runner: Runner, recorder: Recorder, gate: ArrivalGate,
+                 workers: int) -> None:
         self.runner = runner
         self.recorder = recorder
+        self.gate = gate
         self.workers = workers
         self._seq = 0
         self._replies: dict[int, list[Window]] = {}
@@ -201,10 +278,13 @@ class Collector:
         if replies is not None:
             replies.append(Window.from_wire(msg.data["window"]))
 
-    def pace(self, user_class: type[User], per_user_rps: float | None) -> None:
-        set_pace(user_class, per_user_rps)
-        if self.workers:
-            self.runner.send_message("scalelab_pace", {"per_user_rps": per_user_rps})
+    def pace(self, rate: float | None) -> None:
+        """Total arrival rate of the generator (0 idle, None closed loop), split over workers."""
+        if not self.workers:
+            self.gate.pace(rate)
+            return
+        per_worker = None if rate is None else rate / self.workers
+        self.runner.send_message("scalelab_pace", {"rate": per_worker, "workers": self.workers})
 
     def swap(self) -> Window:
         if not self.workers:
@@ -241,7 +321,11 @@ class Child:
         events.request.add_listener(self.recorder.on_request)
         events.cpu_warning.add_listener(self.recorder.on_cpu_warning)
         events.user_error.add_listener(self.recorder.on_user_error)
-        self.collector = Collector(self.runner, self.recorder, self.workers)
+        self.gate = ArrivalGate(self.recorder)
+        self.gate.install(self.user_class)
+        self.collector = Collector(self.runner, self.recorder, self.gate, self.workers)
+        self.pool = 0
+        """Users alive now (open-model steps only ever grow it)."""
 
     def send(self, message: dict[str, Any]) -> None:
         self.out.write(json.dumps(message) + "\n")
@@ -260,33 +344,48 @@ class Child:
 
     def _stop(self) -> None:
         self.runner.stop()
+        self.pool = 0
         if self.workers:
             self.wait_for_workers()  # workers re-announce themselves ready after a stop
 
     def _start(self, users: int, spawn_rate: float) -> None:
         self._stop()
         self.runner.start(users, spawn_rate=spawn_rate)
+        self.pool = users
+
+    def _grow_pool(self, users: int) -> None:
+        """At least `users` users, all waiting at the gate (no request leaves without an
+        arrival, so spawning them is silent)."""
+        if users <= self.pool:
+            return
+        new = users - self.pool
+        self.runner.start(users, spawn_rate=max(1.0, new / SPAWN_S))
+        self.pool = users
+        deadline = time.monotonic() + SPAWN_TIMEOUT_S
+        gevent.sleep(0.01)
+        while self.runner.state in (STATE_SPAWNING, STATE_STOPPED) and \
+                time.monotonic() < deadline:
+            gevent.sleep(0.02)
+
+    def _saturated(self, window: Window) -> bool:
+        return (window.cpu_peak >= SATURATED_CPU or window.cpu_warning
+                or window.loop_lag_ms >= SATURATED_LAG_MS)
 
     def step(self, offered_rps: float, warmup_s: float, hold_s: float) -> dict[str, Any]:
-        pool = pool_for(offered_rps, warmup_s, max(1, self.workers))
-        self._stop()
-        self.collector.pace(self.user_class, pool.per_user_rps)
-        self._start(pool.users, pool.spawn_rate)
-        gevent.sleep(warmup_s)
-        deadline = time.monotonic() + pool.spawn_s + 10
-        while self.runner.state == STATE_SPAWNING and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        self.collector.swap()  # discard the warm-up
-        started_at, t0 = time.time(), time.monotonic()
-        gevent.sleep(hold_s)
-        window = self.collector.swap()
-        duration = time.monotonic() - t0
-        self._stop()
-        saturated = (
-            window.cpu_peak >= SATURATED_CPU
-            or window.cpu_warning
-            or window.loop_lag_ms >= SATURATED_LAG_MS
-        )
+        """Open-model step: offer the rate, discard the warm-up, measure the hold, go idle."""
+        users = pool_users(offered_rps, max(1, self.workers))
+        self._grow_pool(users)
+        self.collector.pace(offered_rps)
+        try:
+            gevent.sleep(warmup_s)
+            self.collector.swap()  # discard the warm-up
+            started_at, t0 = time.time(), time.monotonic()
+            gevent.sleep(hold_s)
+            window = self.collector.swap()
+            duration = time.monotonic() - t0
+        finally:
+            self.collector.pace(0)
+        saturated = self._saturated(window)
         result = StepResult(
             offered_rps=offered_rps,
             achieved_rps=window.requests / duration,
@@ -303,15 +402,60 @@ class Child:
             generator_cpu=window.cpu_peak,
             generator_saturated=saturated,
             generator_lag_ms=window.loop_lag_ms,
-            users=pool.users,
+            users=self.pool,
             response_bytes=window.response_bytes,
+            p50_intended_ms=window.intended_percentile_ms(50),
+            p95_intended_ms=window.intended_percentile_ms(95),
+            p99_intended_ms=window.intended_percentile_ms(99),
+            scheduled=window.scheduled,
+            dropped=window.dropped,
         )
         return result.to_dict()
+
+    def offer(self, offered_rps: float, seconds: float, judge: bool) -> dict[str, Any]:
+        """Open model at `offered_rps` for up to `seconds`, one tick per second; with `judge`,
+        stop at the first second the survival rule calls a failure."""
+        users = pool_users(offered_rps, max(1, self.workers))
+        self._grow_pool(users)
+        self.collector.swap()
+        self.collector.pace(offered_rps)
+        started_at, t0 = time.time(), time.monotonic()
+        rule = SurvivalRule()
+        timeline: list[dict[str, float]] = []
+        verdict = None
+        try:
+            for k in range(1, max(1, math.ceil(seconds)) + 1):
+                gevent.sleep(max(0.0, t0 + k - time.monotonic()))
+                window = self.collector.swap()
+                point = {
+                    "t": round(time.monotonic() - t0, 3), "requests": window.requests,
+                    "errors": window.errors, "p95_ms": window.percentile_ms(95),
+                    "p95_intended_ms": window.intended_percentile_ms(95),
+                    "scheduled": window.scheduled, "dropped": window.dropped,
+                    "generator_saturated": self._saturated(window),
+                }
+                timeline.append(point)
+                self.send({"type": "tick", **point})
+                if judge:
+                    verdict = rule.add(Second(
+                        t=point["t"], requests=window.requests, errors=window.errors,
+                        p95_ms=point["p95_intended_ms"],
+                        errors_by_kind=dict(window.errors_by_kind)))
+                    if verdict is not None:
+                        break
+        finally:
+            self.collector.pace(0)
+        return {
+            "offered_rps": offered_rps, "seconds": timeline[-1]["t"] if timeline else 0.0,
+            "started_at": started_at, "users": self.pool, "timeline": timeline,
+            "failed_at_s": None if verdict is None else verdict.failed_at_s,
+            "reason": "" if verdict is None else verdict.reason,
+        }
 
     def survival(self, users: int, limit_s: float) -> dict[str, Any]:
         """Closed-loop overload (no wait between requests), judged each second."""
         self._stop()
-        self.collector.pace(self.user_class, None)
+        self.collector.pace(None)
         self.collector.swap()
         started_at, t0 = time.time(), time.monotonic()
         self._start(users, spawn_rate=float(max(users, 1)))  # the whole pool within ~1 s
@@ -364,6 +508,10 @@ class Child:
                     result = self.step(float(command["offered_rps"]), float(command["warmup_s"]),
                                        float(command["hold_s"]))
                     self.send({"type": "step", "result": result})
+                elif name == "offer":
+                    result = self.offer(float(command["offered_rps"]), float(command["seconds"]),
+                                        bool(command.get("judge", False)))
+                    self.send({"type": "offer", "result": result})
                 elif name == "survival":
                     result = self.survival(int(command["users"]), float(command["limit_s"]))
                     self.send({"type": "survival", "result": result})
@@ -385,9 +533,15 @@ def run_worker(args: argparse.Namespace) -> None:
     events.request.add_listener(recorder.on_request)
     events.cpu_warning.add_listener(recorder.on_cpu_warning)
     events.user_error.add_listener(recorder.on_user_error)
+    gate = ArrivalGate(recorder)
+    gate.install(user_class)
 
     def on_pace(environment: Environment, msg: Any, **_: Any) -> None:
-        set_pace(user_class, msg.data["per_user_rps"])
+        # Worker i of n starts its schedule i/n of an interval late: the workers' arrivals
+        # interleave evenly instead of coinciding.
+        workers = max(1, int(msg.data.get("workers", 1)))
+        phase = (getattr(runner, "worker_index", 0) % workers) / workers
+        gate.pace(msg.data["rate"], phase)
 
     def on_swap(environment: Environment, msg: Any, **_: Any) -> None:
         window = recorder.swap()

@@ -128,8 +128,9 @@ class _Proc:
 class LoadSession:
     """One load generator (a child, or a master plus workers) reused for all steps of a variant.
 
-    Use as a context manager. `step()` runs one open-model step, `survival()` the closed-loop
-    overload; both block until the child answers.
+    Use as a context manager. `step()` runs one open-model step, `offer()` open-model load
+    with per-second ticks, `survival()` the closed-loop overload; all block until the child
+    answers. The generator's user pool lives as long as the session.
     """
 
     def __init__(self, url: str, settings: LoadSettings) -> None:
@@ -262,6 +263,29 @@ class LoadSession:
         )
         reply = self._expect("step", warmup_s + hold_s + REPLY_MARGIN_S)
         return StepResult.from_dict(reply["result"])
+
+    def offer(
+        self,
+        offered_rps: float,
+        seconds: float,
+        judge: bool = False,
+        on_tick: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Open-model load at `offered_rps` arrivals/s for up to `seconds`, measured per second.
+
+        Each tick (and each entry of the result's `timeline`) holds t, requests, errors,
+        p95_ms, p95_intended_ms, scheduled, dropped and generator_saturated for that second.
+        With `judge`, the child stops at the first second the survival rule
+        (experiments.load.survival, fed the corrected p95) calls a failure; the result then
+        has `failed_at_s` and `reason`. Same user pool and arrival gate as `step()`.
+        """
+        if offered_rps <= 0 or seconds <= 0:
+            raise UserError(f"offer needs offered_rps > 0 and seconds > 0, got {offered_rps}, "
+                            f"{seconds}")
+        self._require().send({"cmd": "offer", "offered_rps": offered_rps, "seconds": seconds,
+                              "judge": judge})
+        reply = self._expect("offer", seconds + REPLY_MARGIN_S, on_tick)
+        return dict(reply["result"])
 
     def survival(
         self, users: int, limit_s: float, on_tick: Callable[[float], None] | None = None
