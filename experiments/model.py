@@ -109,9 +109,13 @@ class Slo(Record):
         """Return a copy of `step` with `passed` and a one-line `verdict` explaining why.
 
         A step with no completed request fails, and so does a step measured while the load
-        generator itself was saturated (invalid: it says nothing about the server).
+        generator itself was saturated (invalid: it says nothing about the server). Latency is
+        judged from each arrival's scheduled send time when the step measured it (wrk2's
+        correction), and a step that dropped more than 1 - min_achieved_ratio of its arrivals
+        fails too.
         """
         problems: list[str] = []
+        p95 = step.p95_intended_ms if step.p95_intended_ms is not None else step.p95_ms
         if step.generator_saturated:
             problems.append(
                 f"generator saturated (CPU {step.generator_cpu:.0%} of a core, event-loop lag "
@@ -119,8 +123,8 @@ class Slo(Record):
         if step.requests == 0:
             problems.append("no request completed")
         else:
-            if step.p95_ms > self.p95_ms:
-                problems.append(f"p95 {step.p95_ms:.0f} ms > SLO {self.p95_ms:.0f} ms")
+            if p95 > self.p95_ms:
+                problems.append(f"p95 {p95:.0f} ms > SLO {self.p95_ms:.0f} ms")
             if step.error_rate > self.max_error_rate:
                 top = ""
                 if step.errors_by_kind:
@@ -131,10 +135,13 @@ class Slo(Record):
         if step.requests and ratio < self.min_achieved_ratio:
             problems.append(f"achieved {ratio:.0%} of offered ({step.achieved_rps:.1f} of "
                             f"{step.offered_rps:.1f} rps)")
+        if step.scheduled and step.dropped > (1 - self.min_achieved_ratio) * step.scheduled:
+            problems.append(f"{step.dropped} of {step.scheduled} arrivals dropped (no user free "
+                            "to send them in time)")
         if problems:
             return replace(step, passed=False, verdict="; ".join(problems))
         return replace(step, passed=True, verdict=(
-            f"pass: p95 {step.p95_ms:.0f} ms <= {self.p95_ms:.0f} ms, errors "
+            f"pass: p95 {p95:.0f} ms <= {self.p95_ms:.0f} ms, errors "
             f"{step.error_rate:.1%}, achieved {ratio:.0%} of offered"))
 
     def failed(self, step: StepResult) -> bool:
@@ -184,6 +191,11 @@ class StepResult(Record):
     dropped: int = 0
     """Scheduled arrivals the generator could not send within 1 s of their due time (k6's
     dropped iterations): nonzero means the pool ran dry or the generator fell behind."""
+    server_cpu_s: float | None = None
+    """CPU-seconds all of the deployment's instances used during the hold (cgroup CPU time
+    locally); None when the backend cannot see it. / requests = the service demand."""
+    phase: str = "search"
+    """"search" for a step of the capacity search, "confirm" for its longer confirmation hold."""
 
 
 def step_at_capacity(steps: list[StepResult]) -> StepResult | None:

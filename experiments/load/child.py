@@ -16,6 +16,8 @@ locustfile cannot corrupt the protocol):
         usage: the user's input is at fault (the locustfile): one sentence for the user;
         internal: the generator itself failed.
     {"type": "tick", "t": 3.0, "requests": .., "errors": .., "p95_ms": ..}
+    {"type": "mark", "what": "hold_start" | "hold_end"}  (so the parent can read the
+    backend's CPU counter exactly around a step's hold)
     {"type": "survival", "result": {...}} | {"type": "offer", "result": {...}}
 Workers (distributed mode) take no commands: they are driven by the master through Locust's
 own messages plus three custom ones (scalelab_pace, scalelab_swap -> scalelab_window), and
@@ -380,9 +382,11 @@ class Child:
             gevent.sleep(warmup_s)
             self.collector.swap()  # discard the warm-up
             started_at, t0 = time.time(), time.monotonic()
+            self.send({"type": "mark", "what": "hold_start"})
             gevent.sleep(hold_s)
             window = self.collector.swap()
             duration = time.monotonic() - t0
+            self.send({"type": "mark", "what": "hold_end"})
         finally:
             self.collector.pace(0)
         saturated = self._saturated(window)
