@@ -40,6 +40,17 @@ class Deployment:
         """Signals and logs from deploy until now (called before teardown). Backends override."""
         raise NotImplementedError
 
+    def cpu_seconds(self) -> float | None:
+        """Cumulative CPU-seconds used by all of the deployment's instances (a counter: only
+        differences mean something); None when this backend cannot read it right away.
+
+        The capacity search divides it by the requests served to get the service demand."""
+        return None
+
+    def cpu_limit_cores(self) -> float | None:
+        """CPU the instances may use together right now, in cores; None when unknown."""
+        return None
+
 
 class Backend(Protocol):
     name: str
