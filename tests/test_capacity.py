@@ -319,7 +319,8 @@ class CpuServer(Server):
 
 
 def test_service_demand_needs_enough_requests_and_cpu() -> None:
-    assert service_demand_s(replace(step(10), requests=100, server_cpu_s=0.7)) == pytest.approx(0.007)
+    demand = service_demand_s(replace(step(10), requests=100, server_cpu_s=0.7))
+    assert demand == pytest.approx(0.007)
     assert service_demand_s(replace(step(10), requests=5, server_cpu_s=0.7)) is None
     assert service_demand_s(replace(step(10), requests=100, server_cpu_s=0.001)) is None
     assert service_demand_s(step(10)) is None  # no CPU signal
