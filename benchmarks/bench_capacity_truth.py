@@ -11,8 +11,8 @@ request), then on that same deployment:
   capacity may exceed;
 - `httperf --rate R` (open loop, one connection per request): its capacity is the highest
   rate at which it sends >= 95 % of R, >= 95 % of the requests succeed and its *slowest*
-  connection stays within the SLO (500 ms), bisected to 2 % between half and all of hey's
-  saturation;
+  connection stays within the SLO (500 ms), bisected to 2 % between 0.5x and 1.5x hey's
+  saturation (the upper end assumed to fail);
 - scalelab's capacity search, exactly as a run does it (experiments.load.search), per profile.
 
 Prints each figure, scalelab / httperf and scalelab / hey, and the targets of issue 10
@@ -159,7 +159,7 @@ def main() -> int:
                 sat = hey_saturation(target, args.hey_seconds)
                 print(f"  hey -c 8 (closed loop): {sat:.1f} req/s", flush=True)
                 time.sleep(2)
-                truth = httperf_capacity(target, 0.5 * sat, sat, args.httperf_seconds)
+                truth = httperf_capacity(target, 0.5 * sat, 1.5 * sat, args.httperf_seconds)
                 print(f"  httperf open-loop capacity: {truth:.1f} req/s", flush=True)
                 found: dict[str, tuple[float, str, float]] = {}
                 for profile_name in args.profiles.split(","):

@@ -6,8 +6,8 @@ The search (what the report calls "capacity"):
    gives the *service demand* D = CPU-seconds per request. With the CPU limit C (cores) the
    utilization law bounds the throughput: X <= C / D (the *CPU bound*). Once D is known the
    search aims there instead of growing blindly: next it offers `AIM` (90 %) of the bound,
-   then the bound itself. A bound that turns out pessimistic (both pass) hands over to plain
-   growth, x`growth` per step; without a CPU signal (AWS) it is plain growth throughout.
+   then the bound itself. A bound that turns out pessimistic (both pass) hands over to small
+   steps (x1.15); without a CPU signal (AWS) it is plain growth (x`growth`) throughout.
 2. Bisect between the highest passing and the lowest failing rate until
    (fail - pass) / pass <= `precision` (5 %).
 3. If the very first step fails, halve the rate until a step passes or the rate falls below
@@ -35,6 +35,7 @@ MIN_RPS = 0.5
 """Below this an open-model step holds too few arrivals to say anything."""
 AIM = 0.9
 """First guided probe, as a fraction of the CPU bound: queues grow without limit at 100 %."""
+BEYOND_BOUND_GROWTH = 1.15
 MAX_CONFIRMATIONS = 3
 MIN_DEMAND_REQUESTS = 20
 MIN_DEMAND_CPU_S = 0.02
@@ -148,14 +149,18 @@ def find_capacity(
         return cpu_limit_cores / demand if cpu_limit_cores and demand else None
 
     def next_rate(rate: float) -> float:
-        """Guided growth: 90 % of the bound, then the bound, then plain growth beyond it."""
+        """Guided growth: 90 % of the bound, then the bound, then small steps beyond it."""
         upper = bound()
         minimum = rate * (1 + 2 * precision)
-        if upper is not None:
-            for target in (AIM * upper, upper):
-                if target >= minimum:
-                    return _round_rate(target)
-        return _round_rate(rate * growth)
+        if upper is None:
+            return _round_rate(rate * growth)
+        for target in (AIM * upper, upper):
+            if target >= minimum:
+                return _round_rate(target)
+        # The bound passed: the demand was overestimated at low load, but not by much (the
+        # estimate is refreshed at every pass). Overshooting by x1.5 here would queue a
+        # backlog for nothing.
+        return _round_rate(rate * min(growth, BEYOND_BOUND_GROWTH))
 
     # 1. grow
     rate = _round_rate(start_rps)

@@ -38,6 +38,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,6 +68,9 @@ WINDOW_REPLY_TIMEOUT_S = 5.0
 SPAWN_S = 0.5
 """New users are started within this long; they wait at the gate, so no burst follows."""
 SPAWN_TIMEOUT_S = 30.0
+DRAIN_TIMEOUT_S = 30.0
+"""A step ends when its last request is answered (at most this long after its hold): an
+overloaded step's backlog must not spill into the next step's measurement."""
 
 
 class LocustfileError(Exception):
@@ -121,6 +125,7 @@ class Recorder:
         self.window = Window(started=time.monotonic())
         self.due: dict[Any, float] = {}
         """User greenlet -> due time of the arrival it is sending (set by the gate)."""
+        self.in_flight: Callable[[], int] = lambda: 0
         self._sampler: gevent.Greenlet | None = None
         self._start_sampling()
 
@@ -188,6 +193,7 @@ class Recorder:
         if self._lags:
             lags = sorted(self._lags)
             old.loop_lag_ms = 1000.0 * lags[min(len(lags) - 1, int(0.9 * len(lags)))]
+        old.in_flight = self.in_flight()
         self.window = Window(started=now)
         self._start_sampling()
         return old
@@ -201,9 +207,13 @@ class ArrivalGate:
     `DROP_AFTER_S` late), notes its due time for the corrected latency, and runs one task.
     """
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, runner: Runner) -> None:
         self.recorder = recorder
         self.closed_loop = False
+        self.waiting = 0
+        """Users waiting at the gate; the others are sending (or starting up)."""
+        recorder.in_flight = lambda: 0 if self.closed_loop else max(
+            0, runner.user_count - self.waiting)
         self._queue: Queue[float] = Queue()
         self._dispatcher: gevent.Greenlet | None = None
 
@@ -252,7 +262,11 @@ class ArrivalGate:
         if self.closed_loop:
             return
         while True:
-            due = self._queue.get()
+            self.waiting += 1
+            try:
+                due = self._queue.get()
+            finally:
+                self.waiting -= 1
             if too_late(due, time.monotonic()):
                 self.recorder.window.dropped += 1
                 continue
@@ -323,8 +337,10 @@ class Child:
         events.request.add_listener(self.recorder.on_request)
         events.cpu_warning.add_listener(self.recorder.on_cpu_warning)
         events.user_error.add_listener(self.recorder.on_user_error)
-        self.gate = ArrivalGate(self.recorder)
+        self.gate = ArrivalGate(self.recorder, self.runner)
         self.gate.install(self.user_class)
+        if self.workers:  # the master runs no users; the workers report their own in-flight
+            self.recorder.in_flight = lambda: 0
         self.collector = Collector(self.runner, self.recorder, self.gate, self.workers)
         self.pool = 0
         """Users alive now (open-model steps only ever grow it)."""
@@ -369,6 +385,12 @@ class Child:
                 time.monotonic() < deadline:
             gevent.sleep(0.02)
 
+    def _drain(self) -> None:
+        """Wait (up to DRAIN_TIMEOUT_S) until every request sent has been answered."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self.collector.swap().in_flight and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+
     def _saturated(self, window: Window) -> bool:
         return (window.cpu_peak >= SATURATED_CPU or window.cpu_warning
                 or window.loop_lag_ms >= SATURATED_LAG_MS)
@@ -389,6 +411,7 @@ class Child:
             self.send({"type": "mark", "what": "hold_end"})
         finally:
             self.collector.pace(0)
+            self._drain()
         saturated = self._saturated(window)
         result = StepResult(
             offered_rps=offered_rps,
@@ -449,6 +472,7 @@ class Child:
                         break
         finally:
             self.collector.pace(0)
+            self._drain()
         return {
             "offered_rps": offered_rps, "seconds": timeline[-1]["t"] if timeline else 0.0,
             "started_at": started_at, "users": self.pool, "timeline": timeline,
@@ -537,7 +561,7 @@ def run_worker(args: argparse.Namespace) -> None:
     events.request.add_listener(recorder.on_request)
     events.cpu_warning.add_listener(recorder.on_cpu_warning)
     events.user_error.add_listener(recorder.on_user_error)
-    gate = ArrivalGate(recorder)
+    gate = ArrivalGate(recorder, runner)
     gate.install(user_class)
 
     def on_pace(environment: Environment, msg: Any, **_: Any) -> None:

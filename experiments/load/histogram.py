@@ -46,6 +46,8 @@ class Window:
     """Open-model arrivals that fell due in this window."""
     dropped: int = 0
     """...of which no user could send within pacing.DROP_AFTER_S of their due time."""
+    in_flight: int = 0
+    """Requests still awaiting an answer when the window was closed (all processes)."""
     cpu_peak: float = 0.0
     """Highest CPU sample of any generator process in this window, fractions of one core."""
     cpu_warning: bool = False
@@ -105,6 +107,7 @@ class Window:
             self.intended.add(other.intended)
         self.scheduled += other.scheduled
         self.dropped += other.dropped
+        self.in_flight += other.in_flight
         self.cpu_peak = max(self.cpu_peak, other.cpu_peak)
         self.cpu_warning = self.cpu_warning or other.cpu_warning
         self.loop_lag_ms = max(self.loop_lag_ms, other.loop_lag_ms)
@@ -122,6 +125,7 @@ class Window:
                          if self.intended.get_total_count() else ""),
             "scheduled": self.scheduled,
             "dropped": self.dropped,
+            "in_flight": self.in_flight,
             "cpu_peak": self.cpu_peak,
             "cpu_warning": self.cpu_warning,
             "loop_lag_ms": self.loop_lag_ms,
@@ -138,6 +142,7 @@ class Window:
             intended=_decode(data.get("intended") or ""),
             scheduled=int(data.get("scheduled", 0)),
             dropped=int(data.get("dropped", 0)),
+            in_flight=int(data.get("in_flight", 0)),
             cpu_peak=float(data.get("cpu_peak", 0.0)),
             cpu_warning=bool(data.get("cpu_warning", False)),
             loop_lag_ms=float(data.get("loop_lag_ms", 0.0)),
