@@ -202,7 +202,7 @@ class Recorder:
 class ArrivalGate:
     """Hands each scheduled arrival to a free user; a user never sends without one.
 
-    `open(rate)` starts a dispatcher greenlet that puts every arrival into a queue at its due
+    `pace(rate)` starts a dispatcher greenlet that puts every arrival into a queue at its due
     time; a free user takes the oldest one (dropping and counting any that are already
     `DROP_AFTER_S` late), notes its due time for the corrected latency, and runs one task.
     """
