@@ -115,7 +115,7 @@ class Slo(Record):
         fails too.
         """
         problems: list[str] = []
-        p95 = step.p95_intended_ms if step.p95_intended_ms is not None else step.p95_ms
+        p95 = step.p95_verdict_ms
         if step.generator_saturated:
             problems.append(
                 f"generator saturated (CPU {step.generator_cpu:.0%} of a core, event-loop lag "
@@ -197,11 +197,19 @@ class StepResult(Record):
     phase: str = "search"
     """"search" for a step of the capacity search, "confirm" for its longer confirmation hold."""
 
+    @property
+    def p95_verdict_ms(self) -> float:
+        """The p95 the SLO verdict uses: from the scheduled send time when it was measured."""
+        return self.p95_intended_ms if self.p95_intended_ms is not None else self.p95_ms
+
 
 def step_at_capacity(steps: list[StepResult]) -> StepResult | None:
-    """The passing step with the highest offered rate: the one "capacity" names."""
+    """The step "capacity" names: the passing confirmation hold if there is one (the search
+    may have passed a higher rate in a short step that the longer hold then failed), else the
+    passing step with the highest offered rate."""
     passing = [s for s in steps if s.passed]
-    return max(passing, key=lambda s: s.offered_rps) if passing else None
+    confirmed = [s for s in passing if s.phase == "confirm"]
+    return max(confirmed or passing, key=lambda s: s.offered_rps) if passing else None
 
 
 @dataclass

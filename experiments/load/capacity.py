@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from experiments.model import Slo, StepResult
 
@@ -80,6 +81,17 @@ class CapacityResult:
         if not self.cpu_bound_rps:
             return None
         return 100.0 * self.capacity_rps / self.cpu_bound_rps
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The search's extras for summary.json (VariantSummary's fields of the same names)."""
+        pct = self.pct_of_cpu_bound
+        return {
+            "capacity_confirmed": self.confirmed,
+            "demand_cpu_ms": None if self.demand_cpu_s is None else round(
+                1000 * self.demand_cpu_s, 3),
+            "cpu_bound_rps": None if self.cpu_bound_rps is None else round(self.cpu_bound_rps, 2),
+            "capacity_pct_of_cpu_bound": None if pct is None else round(pct, 1),
+        }
 
     def bound_sentence(self) -> str:
         """E.g. '31 req/s = 91 % of the CPU bound (34 req/s = 0.25 cores / 7.3 ms CPU per
@@ -188,9 +200,9 @@ def find_capacity(
         run(mid)
 
     capacity = best.offered_rps if best else 0.0
-    p95 = _p95(best) if best else None
+    p95 = best.p95_verdict_ms if best else None
     cpu_bound = bound()
-    extra = {"demand_cpu_s": demand, "cpu_limit_cores": cpu_limit_cores,
+    extra: dict[str, Any] = {"demand_cpu_s": demand, "cpu_limit_cores": cpu_limit_cores,
              "cpu_bound_rps": cpu_bound}
     if saturated_rps is not None:
         upper = saturated_rps
@@ -234,7 +246,7 @@ def find_capacity(
                                 f"passed at {rate:g} rps")
                 else:
                     verdict += f"; confirmed by a {step.duration_s:.0f} s hold"
-                capacity, p95 = rate, _p95(step)
+                capacity, p95 = rate, step.p95_verdict_ms
                 break
             confirmed = False
             rate = _round_rate(rate * (1 - 2 * precision))
@@ -247,6 +259,3 @@ def find_capacity(
                           confirmed=confirmed, **extra)
 
 
-def _p95(step: StepResult) -> float:
-    """The p95 the verdict used (from the scheduled send time when measured)."""
-    return step.p95_intended_ms if step.p95_intended_ms is not None else step.p95_ms

@@ -127,6 +127,7 @@ class Recorder:
         """User greenlet -> due time of the arrival it is sending (set by the gate)."""
         self.in_flight: Callable[[], int] = lambda: 0
         self._sampler: gevent.Greenlet | None = None
+        self._lagger: gevent.Greenlet | None = None
         self._start_sampling()
 
     def _cpu_now(self) -> tuple[float, float]:
@@ -137,6 +138,7 @@ class Recorder:
         """Sample CPU every second from the swap on, so each sample lies inside the window."""
         if self._sampler is not None:
             self._sampler.kill(block=False)
+        if self._lagger is not None:
             self._lagger.kill(block=False)
         self._window_cpu_start = self._cpu_now()
         self._sampler = gevent.spawn(self._sample, self.window)
@@ -230,8 +232,8 @@ class ArrivalGate:
             gate.wait_for_arrival()
             return 0.0
 
-        user_class.on_start = on_start  # type: ignore[method-assign]
-        user_class.wait_time = wait_time  # type: ignore[method-assign]
+        user_class.on_start = on_start  # type: ignore[method-assign,assignment]
+        user_class.wait_time = wait_time
 
     def pace(self, rate: float | None, phase: float = 0.0) -> None:
         """rate > 0: open model at `rate` arrivals/s; 0: idle (nobody sends); None: closed loop."""
