@@ -376,3 +376,18 @@ def test_confirmation_hold_confirms_or_steps_down() -> None:
     result = find_capacity(never, SLO, start_rps=8.0, cpu_limit_cores=0.5, confirm=never.confirm)
     assert result.confirmed is False and len(never.confirmed) == 3
     assert "not confirmed" in result.verdict
+
+
+def test_capacity_names_the_confirmation_hold_and_reports_its_bound() -> None:
+    from experiments.model import step_at_capacity
+
+    shaky = CpuServer(demand=0.007, cores=0.5, confirm_limit=55.0)
+    result = find_capacity(shaky, SLO, start_rps=8.0, cpu_limit_cores=0.5, confirm=shaky.confirm)
+    named = step_at_capacity(result.steps)
+    assert named is not None and named.phase == "confirm"
+    assert named.offered_rps == result.capacity_rps < max(
+        s.offered_rps for s in result.steps if s.passed)
+    fields = result.summary_fields()
+    assert fields["capacity_confirmed"] is True and fields["demand_cpu_ms"] == pytest.approx(7.0)
+    assert fields["cpu_bound_rps"] == pytest.approx(0.5 / 0.007, abs=0.01)
+    assert 0 < fields["capacity_pct_of_cpu_bound"] < 100
