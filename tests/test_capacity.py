@@ -391,3 +391,13 @@ def test_capacity_names_the_confirmation_hold_and_reports_its_bound() -> None:
     assert fields["capacity_confirmed"] is True and fields["demand_cpu_ms"] == pytest.approx(7.0)
     assert fields["cpu_bound_rps"] == pytest.approx(0.5 / 0.007, abs=0.01)
     assert 0 < fields["capacity_pct_of_cpu_bound"] < 100
+
+
+def test_a_failed_aim_steps_back_just_under_it() -> None:
+    server = CpuServer(demand=0.0066, cores=0.33, efficiency=0.85)  # the shop's micro, roughly
+    result = find_capacity(server, SLO, start_rps=8.0, cpu_limit_cores=0.33)
+    aim = server.offered[1]
+    assert aim == pytest.approx(0.9 * 0.33 / 0.0066, rel=0.01)
+    assert server.offered[2] == pytest.approx(0.85 * aim, rel=0.01)
+    assert len(server.offered) <= 5
+    assert (server.limit - result.capacity_rps) / server.limit <= 0.05

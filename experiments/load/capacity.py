@@ -9,7 +9,8 @@ The search (what the report calls "capacity"):
    then the bound itself. A bound that turns out pessimistic (both pass) hands over to small
    steps (x1.15); without a CPU signal (AWS) it is plain growth (x`growth`) throughout.
 2. Bisect between the highest passing and the lowest failing rate until
-   (fail - pass) / pass <= `precision` (5 %).
+   (fail - pass) / pass <= `precision` (5 %). After a failed aim the first probe is 85 % of it
+   rather than halfway back to the low first step.
 3. If the very first step fails, halve the rate until a step passes or the rate falls below
    `MIN_RPS`, then bisect as above; if nothing passes, capacity is 0.
 4. Confirm: hold the found rate longer than a search step (`confirm`). If that fails, step
@@ -37,6 +38,8 @@ MIN_RPS = 0.5
 AIM = 0.9
 """First guided probe, as a fraction of the CPU bound: queues grow without limit at 100 %."""
 BEYOND_BOUND_GROWTH = 1.15
+STEP_BACK = 0.85
+"""After a failed aim at the CPU bound the next probe is 85 % of the failed rate."""
 MAX_CONFIRMATIONS = 3
 MIN_DEMAND_REQUESTS = 20
 MIN_DEMAND_CPU_S = 0.02
@@ -176,11 +179,13 @@ def find_capacity(
 
     # 1. grow
     rate = _round_rate(start_rps)
+    aimed = False  # the last rate came from the CPU bound
     while budget():
         step = run(rate)
         if not step.passed:
             break
         rate = next_rate(rate)
+        aimed = bound() is not None
 
     # 3. first step failed (not invalid): walk down
     if best is None and saturated_rps is None and fail_rps is not None:
@@ -194,7 +199,13 @@ def find_capacity(
         low, high = best.offered_rps, fail_rps
         if (high - low) / low <= precision:
             break
-        mid = _round_rate((low + high) / 2)
+        mid = (low + high) / 2
+        if aimed:
+            # A failed aim at the bound: capacity is rarely far below it, so look just under
+            # the failure first instead of halfway back to the low starting step.
+            mid = max(mid, STEP_BACK * high)
+            aimed = False
+        mid = _round_rate(mid)
         if mid <= low or mid >= high:
             break
         run(mid)
