@@ -365,10 +365,10 @@ def test_confirmation_hold_confirms_or_steps_down() -> None:
     assert ok.confirmed is True and server.confirmed == [ok.capacity_rps]
     assert ok.steps[-1].phase == "confirm" and "confirmed by a 10 s hold" in ok.verdict
 
-    shaky = CpuServer(demand=0.007, cores=0.5, confirm_limit=55.0)
+    shaky = CpuServer(demand=0.007, cores=0.5, confirm_limit=62.0)
     result = find_capacity(shaky, SLO, start_rps=8.0, cpu_limit_cores=0.5, confirm=shaky.confirm)
-    assert result.confirmed is True and result.capacity_rps < 55.0
-    assert len(shaky.confirmed) >= 2 and shaky.confirmed[0] > 55.0
+    assert result.confirmed is True and result.capacity_rps < 62.0
+    assert len(shaky.confirmed) >= 2 and shaky.confirmed[0] > 62.0
     assert result.capacity_rps == shaky.confirmed[-1]
     assert "failed at" in result.verdict
 
@@ -381,7 +381,7 @@ def test_confirmation_hold_confirms_or_steps_down() -> None:
 def test_capacity_names_the_confirmation_hold_and_reports_its_bound() -> None:
     from experiments.model import step_at_capacity
 
-    shaky = CpuServer(demand=0.007, cores=0.5, confirm_limit=55.0)
+    shaky = CpuServer(demand=0.007, cores=0.5, confirm_limit=62.0)
     result = find_capacity(shaky, SLO, start_rps=8.0, cpu_limit_cores=0.5, confirm=shaky.confirm)
     named = step_at_capacity(result.steps)
     assert named is not None and named.phase == "confirm"

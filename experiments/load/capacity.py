@@ -14,8 +14,9 @@ The search (what the report calls "capacity"):
 3. If the very first step fails, halve the rate until a step passes or the rate falls below
    `MIN_RPS`, then bisect as above; if nothing passes, capacity is 0.
 4. Confirm: hold the found rate longer than a search step (`confirm`). If that fails, step
-   down by 2 x `precision` and confirm again (at most `MAX_CONFIRMATIONS` times), like
-   Nighthawk's adaptive load controller. Capacity is the confirmed rate.
+   down by `precision` (the search's own resolution) and confirm again (at most
+   `MAX_CONFIRMATIONS` times), like Nighthawk's adaptive load controller. Capacity is the
+   confirmed rate.
 5. A step measured while the load generator itself was saturated is *invalid*: it says nothing
    about the server. The search stops there and reports an honest bracket: capacity >= the
    last passing rate, the upper end being where the generator ran out of CPU (use more
@@ -260,7 +261,7 @@ def find_capacity(
                 capacity, p95 = rate, step.p95_verdict_ms
                 break
             confirmed = False
-            rate = _round_rate(rate * (1 - 2 * precision))
+            rate = _round_rate(rate * (1 - precision))
             if rate < MIN_RPS:
                 break
         if confirmed is False:
