@@ -6,7 +6,10 @@ The target is HAProxy answering every request itself (`http-request return`), so
 costs almost nothing and the figure is the generator's ceiling: closed loop, no pacing, the
 driver's survival mode (FastHttpUser, HdrHistogram recording, per-second windows). One
 generator process is one gevent thread, i.e. at most one core. Targets (issue 5): >= 4,000
-req/s per generator process, and 2 workers >= 1.5x one. Prints figures; asserts nothing.
+req/s per generator process, and 2 workers >= 1.5x one. Then the same generator in its open
+model (the arrival gate of a capacity step) at 80 % of its closed-loop figure: achieved vs
+offered, dropped arrivals and how late requests left (corrected minus actual p95).
+Prints figures; asserts nothing.
 Timing on a shared machine is noisy: run it when the box is quiet, and read the CPU columns.
 """
 
@@ -92,6 +95,18 @@ def run_driver(url: str, locustfile: Path, workers: int, users: int, seconds: in
             "cpu_peak": cpu_peak, "held": result.held}
 
 
+def run_open(url: str, locustfile: Path, workers: int, rate: float, seconds: int) -> str:
+    """One open-model step at `rate`: does the arrival gate keep up?"""
+    with LoadSession(url, LoadSettings(locustfile, load_workers=workers)) as session:
+        step = session.step(rate, warmup_s=2, hold_s=seconds)
+    late = (step.p95_intended_ms or 0.0) - step.p95_ms
+    return (f"open model at {rate:,.0f} req/s: achieved {step.achieved_rps:,.0f} "
+            f"({step.achieved_rps / rate:.1%}), dropped {step.dropped} of {step.scheduled}, "
+            f"p95 {step.p95_ms:.1f} ms (+{late:.1f} ms from the scheduled send), generator "
+            f"CPU peak {step.generator_cpu:.2f}, lag {step.generator_lag_ms:.1f} ms"
+            f"{' SATURATED' if step.generator_saturated else ''}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -123,6 +138,10 @@ def main() -> int:
                     f"{fig['cpu_total']:.2f} cores, peak {fig['cpu_peak']:.2f} of one core; "
                     f"p95 {fig['p95_ms']:.1f} ms; errors {fig['errors']})"
                 )
+            for workers, fig in results.items():
+                label = "1 local process" if workers == 0 else f"--load-workers {workers}"
+                print(f"driver, {label:<18} "
+                      + run_open(url, args.locustfile, workers, 0.8 * fig["rps"], args.seconds))
             if 0 in results and 2 in results and results[0]["rps"]:
                 ratio = results[2]["rps"] / results[0]["rps"]
                 print(f"2 workers / 1 process: {ratio:.2f}x (target >= 1.5x; needs 2 free cores "

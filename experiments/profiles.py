@@ -1,8 +1,10 @@
 """Measurement profiles: how long each step and the survival test last.
 
-`quick` is for the README's demo and CI (all four variants in about six minutes on two cores);
-`standard` holds each step long enough for percentiles to settle and runs the seed's
-survival test for five minutes.
+`quick` is for the README's demo and CI; `standard` holds each step long enough for
+percentiles to settle and runs the seed's survival test for five minutes. Both search the
+same way (experiments.load.capacity): the guided search needs about five steps, so the quick
+profile saves time with fewer steps, not shorter holds; each search ends with a confirmation
+hold three times as long as a step.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Profile:
     hazard_weight_survival: int
     """Weight of `?all=1` in the survival test: the request that ran the seed's box out of
     memory. Out of roughly 100 for the other tasks."""
+    confirm_hold_s: float = 0.0
+    """The capacity search's final hold at the found rate (0: no confirmation)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,12 +47,13 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", warmup_s=1.0, hold_s=4.0, start_rps=8.0, growth=1.5,
-                     precision=0.05, max_steps=12, cooldown_s=0.5, survival_users=40,
-                     survival_limit_s=33.0, hazard_weight_capacity=0, hazard_weight_survival=2),
+                     precision=0.05, max_steps=8, cooldown_s=0.5, survival_users=40,
+                     survival_limit_s=33.0, hazard_weight_capacity=0, hazard_weight_survival=2,
+                     confirm_hold_s=12.0),
     "standard": Profile(name="standard", warmup_s=5.0, hold_s=20.0, start_rps=5.0, growth=1.5,
-                        precision=0.05, max_steps=20, cooldown_s=5.0, survival_users=60,
+                        precision=0.05, max_steps=14, cooldown_s=5.0, survival_users=60,
                         survival_limit_s=300.0, hazard_weight_capacity=0,
-                        hazard_weight_survival=2),
+                        hazard_weight_survival=2, confirm_hold_s=60.0),
 }
 
 

@@ -184,6 +184,14 @@ class VariantSummary(Record):
     """credits_model.CreditRunway as a dict (launch-credit runway, CPU used, text)."""
     dilation: float = 1.0
     """Time dilation of the emulation (1/cpu_scale; 1 on AWS)."""
+    capacity_confirmed: bool | None = None
+    """The capacity held the search's longer confirmation hold (None: none was run)."""
+    demand_cpu_ms: float | None = None
+    """Service demand measured by the search: CPU milliseconds per request (None: no signal)."""
+    cpu_bound_rps: float | None = None
+    """Utilization-law bound: the CPU limit / the demand."""
+    capacity_pct_of_cpu_bound: float | None = None
+    """Near 100: the box ran out of CPU; far below: of something else."""
 
     @classmethod
     def build(cls, variant: Variant, capacity_rps: float, p95_at_capacity: float | None,
@@ -259,7 +267,10 @@ def _step_entry(s: StepResult) -> dict[str, Any]:
             "p50_ms": round(s.p50_ms, 1), "p95_ms": round(s.p95_ms, 1),
             "p99_ms": round(s.p99_ms, 1), "error_rate": round(s.error_rate, 4),
             "passed": s.passed, "verdict": s.verdict,
-            "generator_saturated": s.generator_saturated}
+            "generator_saturated": s.generator_saturated,
+            "p95_intended_ms": None if s.p95_intended_ms is None else round(s.p95_intended_ms, 1),
+            "scheduled": s.scheduled, "dropped": s.dropped, "phase": s.phase,
+            "server_cpu_s": None if s.server_cpu_s is None else round(s.server_cpu_s, 3)}
 
 
 class RunStore:

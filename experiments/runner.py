@@ -207,22 +207,27 @@ class VariantRun:
         return replace(median, capacity_rps=figures.median)
 
     def _capacity_search(self, deployment: Deployment, index: int) -> CapacityResult:
+        """Guided search (the deployment's CPU signal) ending in a confirmation hold."""
         from experiments.load.driver import LoadSession
+        from experiments.load.search import search_capacity
 
         profile = self.plan.profile
         detail = f"search {index + 1} of {self.plan.repeat}" if self.plan.repeat > 1 else ""
-        self.enter(Stage.CAPACITY, total=profile.max_steps, detail=detail)
+        self.enter(Stage.CAPACITY, total=profile.max_steps + (1 if profile.confirm_hold_s else 0),
+                   detail=detail)
+
+        def on_rate(rps: float, phase: str) -> None:
+            what = "confirming " if phase == "confirm" else ""
+            self.progress.update(self._task, description=self._label(f"{what}{rps:.1f} req/s"))
+
         with LoadSession(deployment.url, self._load_settings(profile.hazard_weight_capacity)
                          ) as load:
-            def measure(rps: float) -> StepResult:
-                self.progress.update(self._task, description=self._label(f"{rps:.1f} req/s"))
-                result = load.step(rps, profile.warmup_s, profile.hold_s)
-                time.sleep(profile.cooldown_s)
-                return result
-
-            return find_capacity(measure, self.slo, start_rps=profile.start_rps,
-                                 growth=profile.growth, precision=profile.precision,
-                                 max_steps=profile.max_steps, on_step=self._on_step)
+            capacity = search_capacity(load, deployment, profile, self.slo,
+                                       on_step=self._on_step, on_rate=on_rate)
+        self.progress.console.print(f"  {self.variant.name}: {capacity.verdict}"
+                                    + (f"; {capacity.bound_sentence()}"
+                                       if capacity.bound_sentence() else ""))
+        return capacity
 
     def sustained_capacity(self, deployment: Deployment, burst: CapacityResult
                            ) -> Sustained | None:
@@ -394,6 +399,7 @@ class VariantRun:
                             capacity_ci95=None if spread.ci95 is None else
                             [round(spread.ci95[0], 2), round(spread.ci95[1], 2)],
                             capacity_rsd=None if spread.rsd is None else round(spread.rsd, 4))
+        entry = replace(entry, **capacity.summary_fields())
         self.store.finish_variant(entry)
         sustained = self.burst.get("sustained_capacity_rps")
         self.progress.console.print(
@@ -424,7 +430,7 @@ class VariantRun:
         mark = "[green]pass[/green]" if step.passed else "[red]fail[/red]"
         self.progress.console.print(
             f"  {self.variant.name}: {what}{step.offered_rps:7.1f} req/s offered → "
-            f"{step.achieved_rps:7.1f} achieved, p95 {step.p95_ms:7.1f} ms, "
+            f"{step.achieved_rps:7.1f} achieved, p95 {step.p95_verdict_ms:7.1f} ms, "
             f"errors {step.error_rate:6.1%}  {mark} {step.verdict}")
 
     def _load_settings(self, hazard_weight: int) -> Any:

@@ -8,7 +8,7 @@ purpose="${1:-run}"
 
 debs=(haproxy)
 if [ "$purpose" = test ]; then
-  debs+=(shellcheck cloud-init chromium fonts-dejavu-core systemd wrk)
+  debs+=(shellcheck cloud-init chromium fonts-dejavu-core systemd wrk httperf hey)
 fi
 
 missing=()

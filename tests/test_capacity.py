@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
-from experiments.load.capacity import MIN_RPS, find_capacity
+from experiments.load.capacity import MIN_RPS, find_capacity, service_demand_s
 from experiments.load.histogram import Window
-from experiments.load.pacing import pool_for
+from experiments.load.pacing import DROP_AFTER_S, Schedule, pool_users, too_late
 from experiments.load.survival import Second, SurvivalRule
 from experiments.model import Slo, StepResult
 
@@ -237,11 +238,166 @@ def test_windows_merge_over_the_wire() -> None:
 
 # ---- pool sizing ------------------------------------------------------------------------------
 
-def test_pool_offers_the_rate() -> None:
-    pool = pool_for(40, warmup_s=5)
-    assert pool.users == 100 and pool.users * pool.per_user_rps == pytest.approx(40)
-    assert pool.spawn_s <= 4.0
-    tiny = pool_for(0.5, warmup_s=5)
-    assert tiny.users == 5
-    huge = pool_for(100_000, warmup_s=5, generator_processes=2)
-    assert huge.users == 4000 and huge.users * huge.per_user_rps == pytest.approx(100_000)
+def test_pool_holds_the_latency_budget_of_arrivals() -> None:
+    assert pool_users(40) == 100
+    assert pool_users(0.5) == 5
+    assert pool_users(100_000, generator_processes=2) == 4000  # capped per process
+    assert pool_users(40, generator_processes=2) == 100
+    with pytest.raises(ValueError):
+        pool_users(0)
+
+
+def test_schedule_spaces_arrivals_evenly_and_never_bursts() -> None:
+    schedule = Schedule(rate=20.0, t0=100.0, phase=0.5)
+    assert schedule.take_due(100.0) == []  # the first arrival is due half an interval in
+    assert schedule.take_due(100.03) == [pytest.approx(100.025)]
+    due = schedule.take_due(101.0)
+    assert len(due) == 19 and due == sorted(due)
+    gaps = {round(b - a, 9) for a, b in zip(due, due[1:], strict=False)}
+    assert gaps == {0.05}
+    # a dispatcher that wakes up late gets every missed arrival, with its original due time
+    late = schedule.take_due(102.0)
+    assert len(late) == 20 and late[0] == pytest.approx(101.025)
+    assert too_late(100.0, 100.0 + DROP_AFTER_S + 0.01) and not too_late(100.0, 100.5)
+    with pytest.raises(ValueError):
+        Schedule(rate=0, t0=0)
+
+
+def test_window_keeps_latency_from_the_scheduled_send() -> None:
+    window = Window()
+    window.record(10.0, None, 2, intended_ms=250.0)  # waited 240 ms inside the generator
+    window.record(12.0, None, 2)  # closed loop: no schedule
+    window.scheduled, window.dropped = 3, 1
+    assert window.percentile_ms(100) == pytest.approx(12.0, rel=0.01)
+    assert window.intended_percentile_ms(100) == pytest.approx(250.0, rel=0.01)
+    assert window.intended_percentile_ms(0) == pytest.approx(12.0, rel=0.01)
+    back = Window.from_wire(window.to_wire())
+    back.merge(Window.from_wire(window.to_wire()))
+    assert back.scheduled == 6 and back.dropped == 2 and back.intended.get_total_count() == 4
+    assert back.intended_percentile_ms(100) == pytest.approx(250.0, rel=0.01)
+
+
+def test_judge_uses_latency_from_the_scheduled_send_and_counts_drops() -> None:
+    ok_actual = replace(step(20), p95_ms=50.0, p95_intended_ms=700.0)
+    verdict = SLO.judge(ok_actual)
+    assert verdict.passed is False and "p95 700 ms" in verdict.verdict
+    dropped = replace(step(20), scheduled=100, dropped=10)
+    verdict = SLO.judge(dropped)
+    assert verdict.passed is False and "10 of 100 arrivals dropped" in verdict.verdict
+    assert SLO.judge(replace(step(20), scheduled=100, dropped=2)).passed is True
+    old = step(20)  # results written before the corrected latency existed
+    assert old.p95_intended_ms is None and SLO.judge(old).passed is True
+
+
+# ---- guided search and confirmation ---------------------------------------------------------
+
+class CpuServer(Server):
+    """A server whose only limit is CPU: `demand` CPU-seconds per request on `cores` cores.
+
+    Passes below `efficiency` x the utilization-law bound; reports the CPU time of each hold
+    the way the local backend's cgroups would. `confirm_limit` (if set) is where a longer
+    confirmation hold starts failing (a queue that grows slowly enough to pass a short step).
+    """
+
+    def __init__(self, demand: float, cores: float, efficiency: float = 0.95,
+                 confirm_limit: float | None = None) -> None:
+        super().__init__(limit=efficiency * cores / demand)
+        self.demand = demand
+        self.confirm_limit = confirm_limit if confirm_limit is not None else self.limit
+        self.confirmed: list[float] = []
+
+    def __call__(self, rate: float) -> StepResult:
+        self.offered.append(rate)
+        result = step(rate, p95=100.0 if rate < self.limit else 800.0)
+        return replace(result, server_cpu_s=self.demand * result.requests)
+
+    def confirm(self, rate: float) -> StepResult:
+        self.confirmed.append(rate)
+        ok = rate < self.confirm_limit
+        return replace(step(rate, p95=100.0 if ok else 900.0), duration_s=10.0,
+                       server_cpu_s=self.demand * rate * 10)
+
+
+def test_service_demand_needs_enough_requests_and_cpu() -> None:
+    demand = service_demand_s(replace(step(10), requests=100, server_cpu_s=0.7))
+    assert demand == pytest.approx(0.007)
+    assert service_demand_s(replace(step(10), requests=5, server_cpu_s=0.7)) is None
+    assert service_demand_s(replace(step(10), requests=100, server_cpu_s=0.001)) is None
+    assert service_demand_s(step(10)) is None  # no CPU signal
+
+
+@pytest.mark.parametrize("cores", [0.25, 0.5, 2.0, 8.0])
+def test_guided_search_aims_at_the_cpu_bound(cores: float) -> None:
+    server = CpuServer(demand=0.007, cores=cores)
+    blind = Server(limit=server.limit)
+    guided = find_capacity(server, SLO, start_rps=8.0, cpu_limit_cores=cores)
+    unguided = find_capacity(blind, SLO, start_rps=8.0)
+    assert guided.capacity_rps <= server.limit and unguided.capacity_rps <= server.limit
+    assert (server.limit - guided.capacity_rps) / server.limit <= 0.05
+    assert guided.cpu_bound_rps == pytest.approx(cores / 0.007)
+    assert guided.demand_cpu_s == pytest.approx(0.007)
+    assert guided.pct_of_cpu_bound == pytest.approx(100 * guided.capacity_rps * 0.007 / cores)
+    assert "% of the CPU bound" in guided.bound_sentence()
+    # fewer steps than blind x1.5 growth, and never more than five
+    assert len(server.offered) <= 5
+    assert len(server.offered) < len(blind.offered) or len(blind.offered) <= 5
+
+
+def test_pessimistic_bound_falls_back_to_growth() -> None:
+    """Demand measured at low load overstates the real one 2x: the bound passes, growth goes on."""
+    server = CpuServer(demand=0.007, cores=0.5)
+    lying = lambda rate: replace(server(rate), server_cpu_s=2 * 0.007 * rate * 10)  # noqa: E731
+    result = find_capacity(lying, SLO, start_rps=8.0, cpu_limit_cores=0.5)
+    assert (server.limit - result.capacity_rps) / server.limit <= 0.05
+    assert result.pct_of_cpu_bound is not None and result.pct_of_cpu_bound > 100
+
+
+def test_no_cpu_signal_is_plain_growth() -> None:
+    server = Server(limit=60)
+    result = find_capacity(server, SLO, start_rps=8.0, cpu_limit_cores=0.5)
+    assert server.offered[:3] == [8.0, 12.0, 18.0]
+    assert result.cpu_bound_rps is None and result.bound_sentence() == ""
+
+
+def test_confirmation_hold_confirms_or_steps_down() -> None:
+    server = CpuServer(demand=0.007, cores=0.5)
+    ok = find_capacity(server, SLO, start_rps=8.0, cpu_limit_cores=0.5, confirm=server.confirm)
+    assert ok.confirmed is True and server.confirmed == [ok.capacity_rps]
+    assert ok.steps[-1].phase == "confirm" and "confirmed by a 10 s hold" in ok.verdict
+
+    shaky = CpuServer(demand=0.007, cores=0.5, confirm_limit=62.0)
+    result = find_capacity(shaky, SLO, start_rps=8.0, cpu_limit_cores=0.5, confirm=shaky.confirm)
+    assert result.confirmed is True and result.capacity_rps < 62.0
+    assert len(shaky.confirmed) >= 2 and shaky.confirmed[0] > 62.0
+    assert result.capacity_rps == shaky.confirmed[-1]
+    assert "failed at" in result.verdict
+
+    never = CpuServer(demand=0.007, cores=0.5, confirm_limit=0.0)
+    result = find_capacity(never, SLO, start_rps=8.0, cpu_limit_cores=0.5, confirm=never.confirm)
+    assert result.confirmed is False and len(never.confirmed) == 3
+    assert "not confirmed" in result.verdict
+
+
+def test_capacity_names_the_confirmation_hold_and_reports_its_bound() -> None:
+    from experiments.model import step_at_capacity
+
+    shaky = CpuServer(demand=0.007, cores=0.5, confirm_limit=62.0)
+    result = find_capacity(shaky, SLO, start_rps=8.0, cpu_limit_cores=0.5, confirm=shaky.confirm)
+    named = step_at_capacity(result.steps)
+    assert named is not None and named.phase == "confirm"
+    assert named.offered_rps == result.capacity_rps < max(
+        s.offered_rps for s in result.steps if s.passed)
+    fields = result.summary_fields()
+    assert fields["capacity_confirmed"] is True and fields["demand_cpu_ms"] == pytest.approx(7.0)
+    assert fields["cpu_bound_rps"] == pytest.approx(0.5 / 0.007, abs=0.01)
+    assert 0 < fields["capacity_pct_of_cpu_bound"] < 100
+
+
+def test_a_failed_aim_steps_back_just_under_it() -> None:
+    server = CpuServer(demand=0.0066, cores=0.33, efficiency=0.85)  # the shop's micro, roughly
+    result = find_capacity(server, SLO, start_rps=8.0, cpu_limit_cores=0.33)
+    aim = server.offered[1]
+    assert aim == pytest.approx(0.9 * 0.33 / 0.0066, rel=0.01)
+    assert server.offered[2] == pytest.approx(0.85 * aim, rel=0.01)
+    assert len(server.offered) <= 5
+    assert (server.limit - result.capacity_rps) / server.limit <= 0.05

@@ -46,6 +46,17 @@ class Deployment:
         real EC2 instance's balance cannot be forced (the runner then estimates it)."""
         return False
 
+    def cpu_seconds(self) -> float | None:
+        """Cumulative CPU-seconds used by all of the deployment's instances (a counter: only
+        differences mean something); None when this backend cannot read it right away.
+
+        The capacity search divides it by the requests served to get the service demand."""
+        return None
+
+    def cpu_limit_cores(self) -> float | None:
+        """CPU the instances may use together right now, in cores; None when unknown."""
+        return None
+
 
 class Backend(Protocol):
     name: str

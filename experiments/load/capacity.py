@@ -2,26 +2,59 @@
 
 The search (what the report calls "capacity"):
 
-1. Grow: offer `start_rps`, then x`growth` (1.5) per step, until a step fails.
-2. Bisect between the last passing and the first failing rate until
-   (fail - pass) / pass <= `precision` (5 %). Capacity = the highest passing rate.
+1. Grow from `start_rps`. Each step that reports the deployment's CPU time (`server_cpu_s`)
+   gives the *service demand* D = CPU-seconds per request. With the CPU limit C (cores) the
+   utilization law bounds the throughput: X <= C / D (the *CPU bound*). Once D is known the
+   search aims there instead of growing blindly: next it offers `AIM` (90 %) of the bound,
+   then the bound itself. A bound that turns out pessimistic (both pass) hands over to small
+   steps (x1.15); without a CPU signal (AWS) it is plain growth (x`growth`) throughout.
+2. Bisect between the highest passing and the lowest failing rate until
+   (fail - pass) / pass <= `precision` (5 %). After a failed aim the first probe is 85 % of it
+   rather than halfway back to the low first step.
 3. If the very first step fails, halve the rate until a step passes or the rate falls below
    `MIN_RPS`, then bisect as above; if nothing passes, capacity is 0.
-4. A step measured while the load generator itself was saturated is *invalid*: it says nothing
+4. Confirm: hold the found rate longer than a search step (`confirm`). If that fails, step
+   down by `precision` (the search's own resolution) and confirm again (at most
+   `MAX_CONFIRMATIONS` times), like Nighthawk's adaptive load controller. Capacity is the
+   confirmed rate.
+5. A step measured while the load generator itself was saturated is *invalid*: it says nothing
    about the server. The search stops there and reports an honest bracket: capacity >= the
    last passing rate, the upper end being where the generator ran out of CPU (use more
    `--load-workers`). Likewise when `max_steps` runs out, the bracket is what was established.
+
+The capacity is also reported as a percentage of the CPU bound: near 100 % the box ran out of
+CPU; far below, of something else (workers, memory, a lock, the database).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from experiments.model import Slo, StepResult
 
 MIN_RPS = 0.5
 """Below this an open-model step holds too few arrivals to say anything."""
+AIM = 0.9
+"""First guided probe, as a fraction of the CPU bound: queues grow without limit at 100 %."""
+BEYOND_BOUND_GROWTH = 1.15
+STEP_BACK = 0.85
+"""After a failed aim at the CPU bound the next probe is 85 % of the failed rate."""
+MAX_CONFIRMATIONS = 3
+MIN_DEMAND_REQUESTS = 20
+MIN_DEMAND_CPU_S = 0.02
+"""A demand estimate needs this many requests and CPU-seconds in the hold (cgroup CPU time is
+exact, but a handful of requests next to idle housekeeping is not a demand)."""
+
+
+def service_demand_s(step: StepResult) -> float | None:
+    """CPU-seconds per request during the step's hold; None when not measurable."""
+    if step.server_cpu_s is None or step.requests < MIN_DEMAND_REQUESTS:
+        return None
+    if step.server_cpu_s < MIN_DEMAND_CPU_S:
+        return None
+    return step.server_cpu_s / step.requests
 
 
 @dataclass
@@ -37,6 +70,42 @@ class CapacityResult:
     """The search stopped at a saturated generator: the true capacity may be higher."""
     verdict: str = ""
     """One sentence on how the search ended."""
+    confirmed: bool | None = None
+    """True: the capacity held a confirmation hold; False: no confirmation passed; None: no
+    confirmation was run (none asked for, nothing passed, or generator-bound)."""
+    demand_cpu_s: float | None = None
+    """Service demand: CPU-seconds per request, measured at the highest passing search step."""
+    cpu_limit_cores: float | None = None
+    cpu_bound_rps: float | None = None
+    """Utilization-law bound: cpu_limit_cores / demand_cpu_s."""
+
+    @property
+    def pct_of_cpu_bound(self) -> float | None:
+        """Capacity as a percentage of the CPU bound (None without a CPU signal)."""
+        if not self.cpu_bound_rps:
+            return None
+        return 100.0 * self.capacity_rps / self.cpu_bound_rps
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The search's extras for summary.json (VariantSummary's fields of the same names)."""
+        pct = self.pct_of_cpu_bound
+        return {
+            "capacity_confirmed": self.confirmed,
+            "demand_cpu_ms": None if self.demand_cpu_s is None else round(
+                1000 * self.demand_cpu_s, 3),
+            "cpu_bound_rps": None if self.cpu_bound_rps is None else round(self.cpu_bound_rps, 2),
+            "capacity_pct_of_cpu_bound": None if pct is None else round(pct, 1),
+        }
+
+    def bound_sentence(self) -> str:
+        """E.g. '31 req/s = 91 % of the CPU bound (34 req/s = 0.25 cores / 7.3 ms CPU per
+        request)', or '' without a CPU signal."""
+        pct = self.pct_of_cpu_bound
+        if pct is None or self.demand_cpu_s is None or self.cpu_bound_rps is None:
+            return ""
+        return (f"{self.capacity_rps:g} req/s = {pct:.0f} % of the CPU bound "
+                f"({self.cpu_bound_rps:.3g} req/s = {self.cpu_limit_cores:.3g} cores / "
+                f"{1000 * self.demand_cpu_s:.2g} ms CPU per request)")
 
 
 def _round_rate(rate: float) -> float:
@@ -52,26 +121,39 @@ def find_capacity(
     precision: float = 0.05,
     max_steps: int = 20,
     on_step: Callable[[StepResult], None] | None = None,
+    cpu_limit_cores: float | None = None,
+    confirm: Callable[[float], StepResult] | None = None,
 ) -> CapacityResult:
-    """Search the capacity with `measure(offered_rps) -> StepResult` (see the module doc)."""
+    """Search the capacity with `measure(offered_rps) -> StepResult` (see the module doc).
+
+    `cpu_limit_cores` (the deployment's CPU limit) turns on the guided search when steps carry
+    `server_cpu_s`; `confirm(offered_rps)` runs the longer confirmation hold.
+    """
     if start_rps <= 0 or growth <= 1 or precision <= 0 or max_steps < 1:
         raise ValueError("start_rps > 0, growth > 1, precision > 0 and max_steps >= 1 required")
+    if cpu_limit_cores is not None and cpu_limit_cores <= 0:
+        cpu_limit_cores = None
     steps: list[StepResult] = []
     best: StepResult | None = None  # highest passing step
     fail_rps: float | None = None  # lowest failing rate
     saturated_rps: float | None = None
+    demand: float | None = None
 
-    def run(rate: float) -> StepResult:
-        nonlocal best, fail_rps, saturated_rps
-        step = slo.judge(measure(rate))
+    def record(step: StepResult) -> StepResult:
         steps.append(step)
         if on_step is not None:
             on_step(step)
+        return step
+
+    def run(rate: float) -> StepResult:
+        nonlocal best, fail_rps, saturated_rps, demand
+        step = record(slo.judge(measure(rate)))
         if step.generator_saturated:
             saturated_rps = rate
         elif step.passed:
             if best is None or rate > best.offered_rps:
                 best = step
+                demand = service_demand_s(step) or demand
         elif fail_rps is None or rate < fail_rps:
             fail_rps = rate
         return step
@@ -79,13 +161,32 @@ def find_capacity(
     def budget() -> bool:
         return len(steps) < max_steps and saturated_rps is None
 
+    def bound() -> float | None:
+        return cpu_limit_cores / demand if cpu_limit_cores and demand else None
+
+    def next_rate(rate: float) -> float:
+        """Guided growth: 90 % of the bound, then the bound, then small steps beyond it."""
+        upper = bound()
+        minimum = rate * (1 + 2 * precision)
+        if upper is None:
+            return _round_rate(rate * growth)
+        for target in (AIM * upper, upper):
+            if target >= minimum:
+                return _round_rate(target)
+        # The bound passed: the demand was overestimated at low load, but not by much (the
+        # estimate is refreshed at every pass). Overshooting by x1.5 here would queue a
+        # backlog for nothing.
+        return _round_rate(rate * min(growth, BEYOND_BOUND_GROWTH))
+
     # 1. grow
     rate = _round_rate(start_rps)
+    aimed = False  # the last rate came from the CPU bound
     while budget():
         step = run(rate)
         if not step.passed:
             break
-        rate = _round_rate(rate * growth)
+        rate = next_rate(rate)
+        aimed = bound() is not None
 
     # 3. first step failed (not invalid): walk down
     if best is None and saturated_rps is None and fail_rps is not None:
@@ -99,13 +200,22 @@ def find_capacity(
         low, high = best.offered_rps, fail_rps
         if (high - low) / low <= precision:
             break
-        mid = _round_rate((low + high) / 2)
+        mid = (low + high) / 2
+        if aimed:
+            # A failed aim at the bound: capacity is rarely far below it, so look just under
+            # the failure first instead of halfway back to the low starting step.
+            mid = max(mid, STEP_BACK * high)
+            aimed = False
+        mid = _round_rate(mid)
         if mid <= low or mid >= high:
             break
         run(mid)
 
     capacity = best.offered_rps if best else 0.0
-    p95 = best.p95_ms if best else None
+    p95 = best.p95_verdict_ms if best else None
+    cpu_bound = bound()
+    extra: dict[str, Any] = {"demand_cpu_s": demand, "cpu_limit_cores": cpu_limit_cores,
+             "cpu_bound_rps": cpu_bound}
     if saturated_rps is not None:
         upper = saturated_rps
         verdict = (
@@ -113,7 +223,7 @@ def find_capacity(
             "the load generator ran out of CPU (add --load-workers), so the server's limit "
             "was not reached"
         )
-        return CapacityResult(capacity, p95, steps, (capacity, upper), True, verdict)
+        return CapacityResult(capacity, p95, steps, (capacity, upper), True, verdict, **extra)
     upper = fail_rps if fail_rps is not None else rate
     if best is None:
         verdict = f"no step passed, down to {upper:g} rps: capacity 0"
@@ -132,4 +242,32 @@ def find_capacity(
             f"capacity {capacity:g} rps (passes), {fail_rps:g} rps fails: within "
             f"{(fail_rps - capacity) / capacity:.1%}"
         )
-    return CapacityResult(capacity, p95, steps, (capacity, upper), False, verdict)
+
+    # 4. confirm
+    confirmed: bool | None = None
+    if confirm is not None and best is not None:
+        rate = capacity
+        for _ in range(MAX_CONFIRMATIONS):
+            step = record(slo.judge(replace(confirm(rate), phase="confirm")))
+            if step.generator_saturated:
+                break
+            if step.passed:
+                confirmed = True
+                if rate < capacity:
+                    verdict += (f"; the confirmation hold failed at {capacity:g} rps and "
+                                f"passed at {rate:g} rps")
+                else:
+                    verdict += f"; confirmed by a {step.duration_s:.0f} s hold"
+                capacity, p95 = rate, step.p95_verdict_ms
+                break
+            confirmed = False
+            rate = _round_rate(rate * (1 - precision))
+            if rate < MIN_RPS:
+                break
+        if confirmed is False:
+            verdict += (f"; not confirmed: every confirmation hold failed, down to "
+                        f"{steps[-1].offered_rps:g} rps")
+    return CapacityResult(capacity, p95, steps, (capacity, upper), False, verdict,
+                          confirmed=confirmed, **extra)
+
+

@@ -6,6 +6,7 @@ with gevent; that is why this is a separate process and the parent never imports
 
 Protocol (one JSON object per line). Parent -> child on stdin:
     {"cmd": "step", "offered_rps": 40, "warmup_s": 5, "hold_s": 15}
+    {"cmd": "offer", "offered_rps": 40, "seconds": 60, "judge": true}
     {"cmd": "survival", "users": 100, "limit_s": 120}   (closed loop) or
     {"cmd": "survival", "offered_rps": 40, "limit_s": 120, "dilation": 3.0,
      "hazard_path": "/products/?all=1", "hazard_rps": 0.07}   (open model + a hazard stream)
@@ -17,10 +18,17 @@ locustfile cannot corrupt the protocol):
         usage: the user's input is at fault (the locustfile): one sentence for the user;
         internal: the generator itself failed.
     {"type": "tick", "t": 3.0, "requests": .., "errors": .., "p95_ms": ..}
-    {"type": "survival", "result": {...}}
+    {"type": "mark", "what": "hold_start" | "hold_end"}  (so the parent can read the
+    backend's CPU counter exactly around a step's hold)
+    {"type": "survival", "result": {...}} | {"type": "offer", "result": {...}}
 Workers (distributed mode) take no commands: they are driven by the master through Locust's
 own messages plus three custom ones (scalelab_pace, scalelab_swap -> scalelab_window), and
 exit when their stdin closes (the parent is gone).
+
+Open-model arrivals (see experiments.load.pacing): every process has an `ArrivalGate`. Users
+never send on their own: before each task (the first one too) a user waits at the gate for
+the next scheduled arrival. The pool stays alive across steps; a step only changes the gate's
+rate. In closed-loop mode (survival) the gate lets every user through at once.
 """
 
 from __future__ import annotations
@@ -32,18 +40,20 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import gevent
 import psutil
 from gevent.fileobject import FileObjectPosix
-from locust import User, constant, events
+from gevent.queue import Queue
+from locust import User, events
 from locust.env import Environment
-from locust.runners import STATE_SPAWNING, MasterRunner, Runner
+from locust.runners import STATE_SPAWNING, STATE_STOPPED, MasterRunner, Runner
 
 from experiments.load.histogram import Window
-from experiments.load.pacing import paced, pool_for
+from experiments.load.pacing import Schedule, pool_users, too_late
 from experiments.load.survival import Second, SurvivalRule
 from experiments.model import StepResult, SurvivalResult
 
@@ -57,6 +67,15 @@ LAG_PROBE_S = 0.05
 CPU_SAMPLE_S = 1.0
 WORKER_CONNECT_TIMEOUT_S = 60.0
 WINDOW_REPLY_TIMEOUT_S = 5.0
+SPAWN_S = 0.5
+"""New users are started within this long; they wait at the gate, so no burst follows."""
+SPAWN_TIMEOUT_S = 30.0
+DISPATCH_TICK_S = 0.001
+"""The dispatcher sleeps at least this long: arrivals leave at most 1 ms late (and that 1 ms
+counts in the latency from the scheduled send)."""
+DRAIN_TIMEOUT_S = 30.0
+"""A step ends when its last request is answered (at most this long after its hold): an
+overloaded step's backlog must not spill into the next step's measurement."""
 
 
 class LocustfileError(Exception):
@@ -103,20 +122,17 @@ def load_user_class(path: str) -> type[User]:
     return classes[0]
 
 
-def set_pace(user_class: type[User], per_user_rps: float | None) -> None:
-    """Constant arrivals per user (open-model step) or none at all (closed-loop overload)."""
-    user_class.wait_time = (  # type: ignore[method-assign]
-        paced(per_user_rps) if per_user_rps else constant(0)
-    )
-
-
 class Recorder:
     """This process's current Window: fed by the `request` event, swapped at boundaries."""
 
     def __init__(self) -> None:
         self._process = psutil.Process()
         self.window = Window(started=time.monotonic())
+        self.due: dict[Any, float] = {}
+        """User greenlet -> due time of the arrival it is sending (set by the gate)."""
+        self.in_flight: Callable[[], int] = lambda: 0
         self._sampler: gevent.Greenlet | None = None
+        self._lagger: gevent.Greenlet | None = None
         self._start_sampling()
 
     def _cpu_now(self) -> tuple[float, float]:
@@ -127,6 +143,7 @@ class Recorder:
         """Sample CPU every second from the swap on, so each sample lies inside the window."""
         if self._sampler is not None:
             self._sampler.kill(block=False)
+        if self._lagger is not None:
             self._lagger.kill(block=False)
         self._window_cpu_start = self._cpu_now()
         self._sampler = gevent.spawn(self._sample, self.window)
@@ -161,7 +178,10 @@ class Recorder:
         if exception is not None:
             status = getattr(response, "status_code", 0) or 0
             kind = f"HTTP {status}" if status >= 400 else type(exception).__name__
-        self.window.record(response_time or 0.0, kind, response_length or 0)
+        # The event fires in the greenlet of the user that sent the request.
+        due = self.due.pop(gevent.getcurrent(), None)
+        intended_ms = None if due is None else 1000.0 * (time.monotonic() - due)
+        self.window.record(response_time or 0.0, kind, response_length or 0, intended_ms)
 
     def on_user_error(self, exception: BaseException | None = None, **_: Any) -> None:
         """An exception escaped a task: count it, or a broken locustfile would look idle."""
@@ -180,17 +200,97 @@ class Recorder:
         if self._lags:
             lags = sorted(self._lags)
             old.loop_lag_ms = 1000.0 * lags[min(len(lags) - 1, int(0.9 * len(lags)))]
+        old.in_flight = self.in_flight()
         self.window = Window(started=now)
         self._start_sampling()
         return old
 
 
+class ArrivalGate:
+    """Hands each scheduled arrival to a free user; a user never sends without one.
+
+    `pace(rate)` starts a dispatcher greenlet that puts every arrival into a queue at its due
+    time; a free user takes the oldest one (dropping and counting any that are already
+    `DROP_AFTER_S` late), notes its due time for the corrected latency, and runs one task.
+    """
+
+    def __init__(self, recorder: Recorder, runner: Runner) -> None:
+        self.recorder = recorder
+        self.closed_loop = False
+        self.waiting = 0
+        """Users waiting at the gate; the others are sending (or starting up)."""
+        recorder.in_flight = lambda: 0 if self.closed_loop else max(
+            0, runner.user_count - self.waiting)
+        self._queue: Queue[float] = Queue()
+        self._dispatcher: gevent.Greenlet | None = None
+
+    def install(self, user_class: type[User]) -> None:
+        """Gate every task of `user_class`, its first one included (Locust runs that at once)."""
+        original_on_start = user_class.on_start
+        gate = self
+
+        def on_start(user: User) -> None:
+            original_on_start(user)
+            gate.wait_for_arrival()
+
+        def wait_time(user: User) -> float:
+            gate.wait_for_arrival()
+            return 0.0
+
+        user_class.on_start = on_start  # type: ignore[method-assign,assignment]
+        user_class.wait_time = wait_time
+
+    def pace(self, rate: float | None, phase: float = 0.0) -> None:
+        """rate > 0: open model at `rate` arrivals/s; 0: idle (nobody sends); None: closed loop."""
+        if self._dispatcher is not None:
+            self._dispatcher.kill(block=True)
+            self._dispatcher = None
+        while not self._queue.empty():  # the last step's unsent arrivals belong to no one
+            self._queue.get_nowait()
+        self.recorder.due.clear()
+        self.closed_loop = rate is None
+        if rate:
+            schedule = Schedule(rate, time.monotonic(), phase)
+            self._dispatcher = gevent.spawn(self._dispatch, schedule)
+
+    def _dispatch(self, schedule: Schedule) -> None:
+        while True:
+            now = time.monotonic()
+            for due in schedule.take_due(now):
+                self.recorder.window.scheduled += 1
+                self._queue.put(due)
+            while not self._queue.empty() and too_late(self._queue.peek(), now):
+                self._queue.get_nowait()
+                self.recorder.window.dropped += 1
+            # At most one wake-up per DISPATCH_TICK_S: at thousands of arrivals a second,
+            # handing out a few per wake-up costs far less CPU than one wake-up each.
+            gevent.sleep(max(DISPATCH_TICK_S, schedule.next_due() - time.monotonic()))
+
+    def wait_for_arrival(self) -> None:
+        """Block the calling user until an arrival is due (closed loop: return at once)."""
+        if self.closed_loop:
+            return
+        while True:
+            self.waiting += 1
+            try:
+                due = self._queue.get()
+            finally:
+                self.waiting -= 1
+            if too_late(due, time.monotonic()):
+                self.recorder.window.dropped += 1
+                continue
+            self.recorder.due[gevent.getcurrent()] = due
+            return
+
+
 class Collector:
     """Windows of the whole generator: this process, plus every worker in distributed mode."""
 
-    def __init__(self, runner: Runner, recorder: Recorder, workers: int) -> None:
+    def __init__(self, runner: Runner, recorder: Recorder, gate: ArrivalGate,
+                 workers: int) -> None:
         self.runner = runner
         self.recorder = recorder
+        self.gate = gate
         self.workers = workers
         self._seq = 0
         self._replies: dict[int, list[Window]] = {}
@@ -203,10 +303,13 @@ class Collector:
         if replies is not None:
             replies.append(Window.from_wire(msg.data["window"]))
 
-    def pace(self, user_class: type[User], per_user_rps: float | None) -> None:
-        set_pace(user_class, per_user_rps)
-        if self.workers:
-            self.runner.send_message("scalelab_pace", {"per_user_rps": per_user_rps})
+    def pace(self, rate: float | None) -> None:
+        """Total arrival rate of the generator (0 idle, None closed loop), split over workers."""
+        if not self.workers:
+            self.gate.pace(rate)
+            return
+        per_worker = None if rate is None else rate / self.workers
+        self.runner.send_message("scalelab_pace", {"rate": per_worker, "workers": self.workers})
 
     def swap(self) -> Window:
         if not self.workers:
@@ -243,7 +346,13 @@ class Child:
         events.request.add_listener(self.recorder.on_request)
         events.cpu_warning.add_listener(self.recorder.on_cpu_warning)
         events.user_error.add_listener(self.recorder.on_user_error)
-        self.collector = Collector(self.runner, self.recorder, self.workers)
+        self.gate = ArrivalGate(self.recorder, self.runner)
+        self.gate.install(self.user_class)
+        if self.workers:  # the master runs no users; the workers report their own in-flight
+            self.recorder.in_flight = lambda: 0
+        self.collector = Collector(self.runner, self.recorder, self.gate, self.workers)
+        self.pool = 0
+        """Users alive now (open-model steps only ever grow it)."""
 
     def send(self, message: dict[str, Any]) -> None:
         self.out.write(json.dumps(message) + "\n")
@@ -262,33 +371,57 @@ class Child:
 
     def _stop(self) -> None:
         self.runner.stop()
+        self.pool = 0
         if self.workers:
             self.wait_for_workers()  # workers re-announce themselves ready after a stop
 
     def _start(self, users: int, spawn_rate: float) -> None:
         self._stop()
         self.runner.start(users, spawn_rate=spawn_rate)
+        self.pool = users
+
+    def _grow_pool(self, users: int) -> None:
+        """At least `users` users, all waiting at the gate (no request leaves without an
+        arrival, so spawning them is silent)."""
+        if users <= self.pool:
+            return
+        new = users - self.pool
+        self.runner.start(users, spawn_rate=max(1.0, new / SPAWN_S))
+        self.pool = users
+        deadline = time.monotonic() + SPAWN_TIMEOUT_S
+        gevent.sleep(0.01)
+        while self.runner.state in (STATE_SPAWNING, STATE_STOPPED) and \
+                time.monotonic() < deadline:
+            gevent.sleep(0.02)
+
+    def _drain(self) -> None:
+        """Wait (up to DRAIN_TIMEOUT_S) until every request sent has been answered."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self.collector.swap().in_flight and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+
+    def _saturated(self, window: Window) -> bool:
+        return (window.cpu_peak >= SATURATED_CPU or window.cpu_warning
+                or window.loop_lag_ms >= SATURATED_LAG_MS)
 
     def step(self, offered_rps: float, warmup_s: float, hold_s: float) -> dict[str, Any]:
-        pool = pool_for(offered_rps, warmup_s, max(1, self.workers))
-        self._stop()
-        self.collector.pace(self.user_class, pool.per_user_rps)
-        self._start(pool.users, pool.spawn_rate)
-        gevent.sleep(warmup_s)
-        deadline = time.monotonic() + pool.spawn_s + 10
-        while self.runner.state == STATE_SPAWNING and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        self.collector.swap()  # discard the warm-up
-        started_at, t0 = time.time(), time.monotonic()
-        gevent.sleep(hold_s)
-        window = self.collector.swap()
-        duration = time.monotonic() - t0
-        self._stop()
-        saturated = (
-            window.cpu_peak >= SATURATED_CPU
-            or window.cpu_warning
-            or window.loop_lag_ms >= SATURATED_LAG_MS
-        )
+        """Open-model step: offer the rate, discard the warm-up, measure the hold, go idle."""
+        users = pool_users(offered_rps, max(1, self.workers))
+        self._grow_pool(users)
+        self.collector.pace(offered_rps)
+        try:
+            gevent.sleep(warmup_s)
+            self.collector.swap()  # discard the warm-up
+            started_at, t0 = time.time(), time.monotonic()
+            self.send({"type": "mark", "what": "hold_start"})
+            gevent.sleep(hold_s)
+            window = self.collector.swap()
+            duration = time.monotonic() - t0
+            self.send({"type": "mark", "what": "hold_end"})
+        finally:
+            self.collector.pace(0)
+            self._drain()
+        saturated = self._saturated(window)
         result = StepResult(
             offered_rps=offered_rps,
             achieved_rps=window.requests / duration,
@@ -305,8 +438,13 @@ class Child:
             generator_cpu=window.cpu_peak,
             generator_saturated=saturated,
             generator_lag_ms=window.loop_lag_ms,
-            users=pool.users,
+            users=self.pool,
             response_bytes=window.response_bytes,
+            p50_intended_ms=window.intended_percentile_ms(50),
+            p95_intended_ms=window.intended_percentile_ms(95),
+            p99_intended_ms=window.intended_percentile_ms(99),
+            scheduled=window.scheduled,
+            dropped=window.dropped,
         )
         return result.to_dict()
 
@@ -327,29 +465,70 @@ class Child:
             inflight.append(gevent.spawn(one))
             k += 1
 
+    def offer(self, offered_rps: float, seconds: float, judge: bool) -> dict[str, Any]:
+        """Open model at `offered_rps` for up to `seconds`, one tick per second; with `judge`,
+        stop at the first second the survival rule calls a failure."""
+        users = pool_users(offered_rps, max(1, self.workers))
+        self._grow_pool(users)
+        self.collector.swap()
+        self.collector.pace(offered_rps)
+        started_at, t0 = time.time(), time.monotonic()
+        rule = SurvivalRule()
+        timeline: list[dict[str, float]] = []
+        verdict = None
+        try:
+            for k in range(1, max(1, math.ceil(seconds)) + 1):
+                gevent.sleep(max(0.0, t0 + k - time.monotonic()))
+                window = self.collector.swap()
+                point = {
+                    "t": round(time.monotonic() - t0, 3), "requests": window.requests,
+                    "errors": window.errors, "p95_ms": window.percentile_ms(95),
+                    "p95_intended_ms": window.intended_percentile_ms(95),
+                    "scheduled": window.scheduled, "dropped": window.dropped,
+                    "generator_saturated": self._saturated(window),
+                }
+                timeline.append(point)
+                self.send({"type": "tick", **point})
+                if judge:
+                    verdict = rule.add(Second(
+                        t=point["t"], requests=window.requests, errors=window.errors,
+                        p95_ms=point["p95_intended_ms"],
+                        errors_by_kind=dict(window.errors_by_kind)))
+                    if verdict is not None:
+                        break
+        finally:
+            self.collector.pace(0)
+            self._drain()
+        return {
+            "offered_rps": offered_rps, "seconds": timeline[-1]["t"] if timeline else 0.0,
+            "started_at": started_at, "users": self.pool, "timeline": timeline,
+            "failed_at_s": None if verdict is None else verdict.failed_at_s,
+            "reason": "" if verdict is None else verdict.reason,
+        }
+
     def survival(self, users: int, limit_s: float, offered_rps: float | None = None,
                  dilation: float = 1.0, hazard_path: str | None = None,
                  hazard_rps: float = 0.0) -> dict[str, Any]:
-        """A fixed load judged each second: `offered_rps` arrivals/s (open model, paced like
-        a step, the pool spawned at the offered rate) or, without it, a closed-loop overload
-        of `users` back-to-back users; plus `hazard_rps` arrivals/s of `hazard_path` when
-        given. The rule's windows and the client timeouts are stretched by `dilation`."""
-        self._stop()
+        """A fixed load judged each second: `offered_rps` arrivals/s (true open model through
+        the arrival gate, like a step) or, without it, a closed-loop overload of `users`
+        back-to-back users; plus `hazard_rps` arrivals/s of `hazard_path` when given. The
+        rule's windows and the client timeouts are stretched by `dilation`."""
         timeout_s = 60.0 * dilation  # FastHttpUser's default, in the emulated box's time
         for attr in ("network_timeout", "connection_timeout"):
             if hasattr(self.user_class, attr):
                 setattr(self.user_class, attr, timeout_s)
         if offered_rps:
-            pool = pool_for(offered_rps, 1.0, max(1, self.workers))
-            users = pool.users
-            self.collector.pace(self.user_class, pool.per_user_rps)
-            spawn_rate = pool.spawn_rate
+            self._grow_pool(pool_users(offered_rps, max(1, self.workers)))
+            users = self.pool
         else:
-            self.collector.pace(self.user_class, None)
-            spawn_rate = float(max(users, 1))  # the whole pool within ~1 s
+            self._stop()
+            self.collector.pace(None)
         self.collector.swap()
         started_at, t0 = time.time(), time.monotonic()
-        self._start(users, spawn_rate=spawn_rate)
+        if offered_rps:
+            self.collector.pace(offered_rps)
+        else:
+            self._start(users, spawn_rate=float(max(users, 1)))  # the whole pool within ~1 s
         inflight: list[gevent.Greenlet] = []
         hazards = (gevent.spawn(self._hazards, hazard_path, hazard_rps, t0, timeout_s, inflight)
                    if hazard_path and hazard_rps > 0 else None)
@@ -364,7 +543,9 @@ class Child:
                 t=t,
                 requests=window.requests,
                 errors=window.errors,
-                p95_ms=window.percentile_ms(95),
+                # open model: latency from the scheduled send (a backlog cannot hide)
+                p95_ms=(window.intended_percentile_ms(95) if offered_rps
+                        else window.percentile_ms(95)),
                 errors_by_kind=dict(window.errors_by_kind),
             )
             point = {"t": t, "requests": second.requests, "errors": second.errors,
@@ -377,6 +558,8 @@ class Child:
         if hazards is not None:
             hazards.kill(block=True)
             gevent.killall(inflight, block=True, timeout=5)
+        if offered_rps:
+            self.collector.pace(0)
         self._stop()
         if verdict is None:
             seconds = min(float(limit_s), timeline[-1]["t"] if timeline else 0.0)
@@ -407,6 +590,10 @@ class Child:
                     result = self.step(float(command["offered_rps"]), float(command["warmup_s"]),
                                        float(command["hold_s"]))
                     self.send({"type": "step", "result": result})
+                elif name == "offer":
+                    result = self.offer(float(command["offered_rps"]), float(command["seconds"]),
+                                        bool(command.get("judge", False)))
+                    self.send({"type": "offer", "result": result})
                 elif name == "survival":
                     result = self.survival(int(command.get("users", 0)),
                                            float(command["limit_s"]),
@@ -433,9 +620,15 @@ def run_worker(args: argparse.Namespace) -> None:
     events.request.add_listener(recorder.on_request)
     events.cpu_warning.add_listener(recorder.on_cpu_warning)
     events.user_error.add_listener(recorder.on_user_error)
+    gate = ArrivalGate(recorder, runner)
+    gate.install(user_class)
 
     def on_pace(environment: Environment, msg: Any, **_: Any) -> None:
-        set_pace(user_class, msg.data["per_user_rps"])
+        # Worker i of n starts its schedule i/n of an interval late: the workers' arrivals
+        # interleave evenly instead of coinciding.
+        workers = max(1, int(msg.data.get("workers", 1)))
+        phase = (getattr(runner, "worker_index", 0) % workers) / workers
+        gate.pace(msg.data["rate"], phase)
 
     def on_swap(environment: Environment, msg: Any, **_: Any) -> None:
         window = recorder.swap()

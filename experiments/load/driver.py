@@ -128,8 +128,9 @@ class _Proc:
 class LoadSession:
     """One load generator (a child, or a master plus workers) reused for all steps of a variant.
 
-    Use as a context manager. `step()` runs one open-model step, `survival()` the closed-loop
-    overload; both block until the child answers.
+    Use as a context manager. `step()` runs one open-model step, `offer()` open-model load
+    with per-second ticks, `survival()` the closed-loop overload; all block until the child
+    answers. The generator's user pool lives as long as the session.
     """
 
     def __init__(self, url: str, settings: LoadSettings) -> None:
@@ -204,6 +205,7 @@ class LoadSession:
         kind: str,
         timeout_s: float,
         on_tick: Callable[[dict[str, Any]], None] | None = None,
+        on_mark: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Read lines until one of `kind` arrives; raise on an error line, EOF or timeout."""
         master = self._require()
@@ -240,6 +242,10 @@ class LoadSession:
             if message.get("type") == "tick" and on_tick is not None:
                 on_tick(message)
                 continue
+            if message.get("type") == "mark":
+                if on_mark is not None:
+                    on_mark(str(message.get("what", "")))
+                continue
             if message.get("type") == kind:
                 return message
 
@@ -250,8 +256,18 @@ class LoadSession:
 
     # ---- measurements ----------------------------------------------------------------
 
-    def step(self, offered_rps: float, warmup_s: float, hold_s: float) -> StepResult:
-        """Offer `offered_rps` arrivals/s: warm up, then measure for `hold_s` (passed=None)."""
+    def step(
+        self,
+        offered_rps: float,
+        warmup_s: float,
+        hold_s: float,
+        cpu_seconds: Callable[[], float | None] | None = None,
+    ) -> StepResult:
+        """Offer `offered_rps` arrivals/s: warm up, then measure for `hold_s` (passed=None).
+
+        `cpu_seconds` (a deployment's cumulative CPU counter) is read when the hold starts and
+        ends, giving the step's `server_cpu_s`: what the service demand is measured from.
+        """
         if offered_rps <= 0 or warmup_s < 0 or hold_s <= 0:
             raise UserError(
                 f"step needs offered_rps > 0, warmup_s >= 0 and hold_s > 0, got "
@@ -260,8 +276,41 @@ class LoadSession:
         self._require().send(
             {"cmd": "step", "offered_rps": offered_rps, "warmup_s": warmup_s, "hold_s": hold_s}
         )
-        reply = self._expect("step", warmup_s + hold_s + REPLY_MARGIN_S)
-        return StepResult.from_dict(reply["result"])
+        cpu: dict[str, float | None] = {}
+
+        def on_mark(what: str) -> None:
+            if cpu_seconds is not None:
+                cpu[what] = cpu_seconds()
+
+        reply = self._expect("step", warmup_s + hold_s + REPLY_MARGIN_S, on_mark=on_mark)
+        result = StepResult.from_dict(reply["result"])
+        start, end = cpu.get("hold_start"), cpu.get("hold_end")
+        if start is not None and end is not None:
+            result.server_cpu_s = max(0.0, end - start)
+        return result
+
+    def offer(
+        self,
+        offered_rps: float,
+        seconds: float,
+        judge: bool = False,
+        on_tick: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Open-model load at `offered_rps` arrivals/s for up to `seconds`, measured per second.
+
+        Each tick (and each entry of the result's `timeline`) holds t, requests, errors,
+        p95_ms, p95_intended_ms, scheduled, dropped and generator_saturated for that second.
+        With `judge`, the child stops at the first second the survival rule
+        (experiments.load.survival, fed the corrected p95) calls a failure; the result then
+        has `failed_at_s` and `reason`. Same user pool and arrival gate as `step()`.
+        """
+        if offered_rps <= 0 or seconds <= 0:
+            raise UserError(f"offer needs offered_rps > 0 and seconds > 0, got {offered_rps}, "
+                            f"{seconds}")
+        self._require().send({"cmd": "offer", "offered_rps": offered_rps, "seconds": seconds,
+                              "judge": judge})
+        reply = self._expect("offer", seconds + REPLY_MARGIN_S, on_tick)
+        return dict(reply["result"])
 
     def survival(
         self, users: int, limit_s: float, on_tick: Callable[[float], None] | None = None,

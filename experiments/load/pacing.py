@@ -1,86 +1,74 @@
-"""How an offered arrival rate becomes a Locust user pool (pure arithmetic, no locust import).
+"""When each request of an open-model step leaves (pure arithmetic, no locust or gevent import).
 
-Locust is closed-loop: a user waits for its response before it sends the next request. To
-approximate an open model (arrivals that do not slow down when the server does), each step
-uses a generous pool of users, each paced at `offered / users` requests/s. As long
-as a response takes less than `users / offered` seconds (the latency budget), the pool keeps
-offering the full rate; beyond that users fall behind and *achieved* drops below *offered*,
-which the capacity verdict treats as a failure — so coordinated omission cannot hide saturation.
+Locust is closed-loop: a user sends its next request only after the previous answer. An open
+model needs arrivals that do not slow down when the server does. The child therefore keeps a
+pool of idle users and a *schedule*: arrival k of a step is due at `t0 + (k + phase) / rate`.
+A dispatcher hands each due arrival to whichever user is free; a user never sends on its own
+(its first request included: Locust would otherwise run every new user's first task at once,
+and a pool spawned in 0.8 s fired ~3x the offered rate at each step's start — measured: 50
+requests in the first 250 ms of a 20 req/s step).
 
-The pacing is Locust's `constant_throughput` with one fix: each user's schedule starts at its
-own phase. With plain `constant_throughput` every user's arrivals stay locked to the moment
-it was spawned, so a pool spawned in a burst keeps arriving in bursts, and a hold window that
-is not a whole number of pacing intervals counts the wrong number of arrivals (measured: 125
-instead of 150 requests in a 3 s hold at 50 rps). Phases follow the golden-ratio sequence
-rather than random draws: random phases are uniform only on average (a 4 s hold at 27 rps
-then reads 93 % or 107 % of offered by chance, enough to flip a 95 % verdict), while the
-golden-ratio sequence spreads any number of users evenly over the interval.
+An arrival that no user could pick up within `DROP_AFTER_S` of its due time is *dropped* and
+counted (k6's dropped iterations): a generator that falls behind shows it. Arrivals sent late
+but within that bound are sent, and their latency is also measured from the due time (wrk2's
+correction for coordinated omission), so waiting inside the generator is never hidden.
+
+The pool holds `LATENCY_BUDGET_S` seconds of arrivals: users run out only when responses take
+longer than that, far beyond any sensible SLO. It grows when a step needs more users and is
+never torn down between steps, so nothing is spawned while a step is measured.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from time import perf_counter
-from typing import Any
 
 LATENCY_BUDGET_S = 2.5
 """Pool size in seconds of arrivals: 5x the default 500 ms SLO before the pool runs dry."""
 MIN_USERS = 5
 MAX_USERS_PER_PROCESS = 2000
 """Beyond this a single gevent process spends more time scheduling than sending."""
-GOLDEN_RATIO = (math.sqrt(5) - 1) / 2
+DROP_AFTER_S = 1.0
+"""An arrival not sent within this long after its due time is dropped (twice the default SLO:
+a request that late has failed the SLO before it even left)."""
 
 
-@dataclass(frozen=True)
-class Pool:
-    users: int
-    per_user_rps: float
-    spawn_rate: float
-    """Users started per second."""
-    spawn_s: float
-
-
-def pool_for(offered_rps: float, warmup_s: float, generator_processes: int = 1) -> Pool:
-    """Users, per-user pace and spawn rate that offer `offered_rps` arrivals per second.
-
-    Users are spawned at about the offered rate (their first requests are then arrivals at the
-    right rate too), but within 80 % of the warm-up, so the hold starts with the whole pool.
-    """
+def pool_users(offered_rps: float, generator_processes: int = 1) -> int:
+    """Users needed to offer `offered_rps` while responses take up to LATENCY_BUDGET_S."""
     if offered_rps <= 0:
         raise ValueError(f"offered rate must be positive, got {offered_rps}")
-    cap = MAX_USERS_PER_PROCESS * max(1, generator_processes)
-    users = min(cap, max(MIN_USERS, math.ceil(offered_rps * LATENCY_BUDGET_S)))
-    spawn_s = max(0.2, min(users / offered_rps, 0.8 * warmup_s))
-    return Pool(
-        users=users,
-        per_user_rps=offered_rps / users,
-        spawn_rate=users / spawn_s,
-        spawn_s=spawn_s,
-    )
+    processes = max(1, generator_processes)
+    per_process = max(MIN_USERS, math.ceil(offered_rps * LATENCY_BUDGET_S / processes))
+    return min(MAX_USERS_PER_PROCESS, per_process) * processes
 
 
-def paced(per_user_rps: float) -> Callable[[Any], float]:
-    """A Locust `wait_time`: one task start every 1/per_user_rps s per user, evenly phased.
+class Schedule:
+    """Due times of one process's arrivals: `t0 + (k + phase) / rate` for k = 0, 1, 2, ..."""
 
-    Like `constant_throughput`, a user that falls behind (slow responses) does not catch up
-    with a burst: it starts its next task at once and its schedule moves on from there.
-    """
-    if per_user_rps <= 0:
-        raise ValueError(f"per-user rate must be positive, got {per_user_rps}")
-    interval = 1.0 / per_user_rps
-    phases = itertools.count(1)
+    def __init__(self, rate: float, t0: float, phase: float = 0.0) -> None:
+        if rate <= 0:
+            raise ValueError(f"arrival rate must be positive, got {rate}")
+        if not 0 <= phase < 1:
+            raise ValueError(f"phase must be in [0, 1), got {phase}")
+        self.rate = rate
+        self.t0 = t0
+        self.phase = phase
+        self.issued = 0
 
-    def wait_time(user: Any) -> float:
-        now = perf_counter()
-        slot = getattr(user, "_scalelab_next_slot", None)
-        if slot is None:
-            slot = now + (next(phases) * GOLDEN_RATIO % 1.0) * interval
-        else:
-            slot = max(slot + interval, now)
-        user._scalelab_next_slot = slot
-        return slot - now
+    def at(self, k: int) -> float:
+        return self.t0 + (k + self.phase) / self.rate
 
-    return wait_time
+    def next_due(self) -> float:
+        return self.at(self.issued)
+
+    def take_due(self, now: float) -> list[float]:
+        """Every arrival due at or before `now` not handed out yet, oldest first."""
+        due: list[float] = []
+        while self.at(self.issued) <= now:
+            due.append(self.at(self.issued))
+            self.issued += 1
+        return due
+
+
+def too_late(due: float, now: float) -> bool:
+    """The arrival can no longer be sent: it counts as dropped."""
+    return now - due > DROP_AFTER_S

@@ -105,6 +105,19 @@ class LocalDeployment(Deployment):
     def observe(self) -> Observations:
         return self._owner.observations()
 
+    def cpu_seconds(self) -> float | None:
+        """Sum of the instances' cgroup CPU time (HAProxy's own cgroup is not an instance)."""
+        try:
+            return sum(inst.cgroup.stats().cpu_usage_s for inst in self.instances)
+        except (OSError, ValueError):
+            return None
+
+    def cpu_limit_cores(self) -> float | None:
+        """Sum of the instances' current CPU quotas (they follow the credit balance)."""
+        limits = [inst.sampled.limit_cores or inst.sampled.target_cores()
+                  for inst in self.instances if inst.sampled is not None]
+        return sum(limits) if limits else None
+
     @property
     def instances(self) -> list[Instance]:
         return self._owner.instances
