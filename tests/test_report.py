@@ -192,3 +192,10 @@ def test_estimates_in_every_report_form(built: tuple[Path, list[Path]]) -> None:
         assert f"| {v['name']} | {est['capacity_rps']:,.1f} |" in md
     assert 'id="aws-estimates"' in html and "loopback has no network latency" in html
     assert "Assumptions:" in md and "disk I/O (swap) is not dilated" in md
+
+
+def test_an_aws_run_says_its_credit_metrics_are_five_minute() -> None:
+    from experiments.report.tables import AWS_SIGNALS_NOTE, run_context
+
+    assert AWS_SIGNALS_NOTE in run_context({"backend": "aws"}, {})
+    assert AWS_SIGNALS_NOTE not in run_context({"backend": "local", "cpu_scale": 0.33}, {})

@@ -179,6 +179,11 @@ def instances_text(row: dict[str, Any]) -> str:
     return text
 
 
+AWS_SIGNALS_NOTE = ("AWS signals: CPU, memory and swap come from the CloudWatch agent every 10 s; "
+                    "CPU credit balances exist only as 5-minute CloudWatch metrics, so the credit "
+                    "timeline is coarse (each value is carried forward to the 10 s samples).")
+
+
 def run_context(summary: dict[str, Any], info: dict[str, Any]) -> list[str]:
     """Sentences that qualify every number (emulation, SLO, prices)."""
     lines = []
@@ -188,6 +193,8 @@ def run_context(summary: dict[str, Any], info: dict[str, Any]) -> list[str]:
                      f"{100 * slo.get('max_error_rate', 0.01):g} % and achieved ≥ "
                      f"{100 * slo.get('min_achieved_ratio', 0.95):g} % of offered; capacity is "
                      "the highest passing offered rate.")
+    if summary.get("backend") == "aws":
+        lines.append(AWS_SIGNALS_NOTE)
     if summary.get("backend") == "local":
         scale = summary.get("cpu_scale")
         lines.append(f"Local run: every instance was emulated on one host (cgroups + HAProxy) "
