@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--variants", type=_variant_list, default=None, metavar="A,B,...",
                      help="which stacks/Pulumi.<variant>.yaml to run (default: all four)")
     run.add_argument("--profile", choices=PROFILES, default=None,
-                     help="quick: short steps for a demo or CI (about a minute and a half per "
-                          "variant); standard: longer steps and survival test (default: quick)")
+                     help="quick: short steps for a demo or CI (about three minutes per "
+                          "variant on two cores); standard: longer steps and survival test "
+                          "(default: quick)")
     run.add_argument("--slo-p95-ms", type=_number, default=None, metavar="MS",
                      help="a step passes only if its p95 latency is at most this many ms, "
                           "1 to 600000 (default 500)")
