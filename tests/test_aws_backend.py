@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +22,7 @@ import pytest
 import yaml
 from botocore.stub import Stubber
 from moto import mock_aws
+from test_aws_support import _Ok as HealthHandler
 
 from experiments.backends.aws import AwsBackend, AwsDeployment
 from experiments.backends.aws.health import wait_healthy
@@ -62,23 +63,11 @@ def aws() -> Any:
         yield boto3.Session(region_name=REGION)
 
 
-class _Health(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        status = self.server.status  # type: ignore[attr-defined]
-        body = b"ok" if status == 200 else b"starting"
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def health_server() -> Any:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HealthHandler)
     server.status = 200  # type: ignore[attr-defined]
+    server.paths = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
