@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 import time
 import urllib.request
 from http.server import ThreadingHTTPServer
@@ -22,7 +21,7 @@ import pytest
 import yaml
 from botocore.stub import Stubber
 from moto import mock_aws
-from test_aws_support import _Ok as HealthHandler
+from test_aws_support import loopback_app  # noqa: F401 - a pytest fixture
 
 from experiments.backends.aws import AwsBackend, AwsDeployment
 from experiments.backends.aws.health import wait_healthy
@@ -64,18 +63,10 @@ def aws() -> Any:
 
 
 @pytest.fixture
-def health_server() -> Any:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), HealthHandler)
-    server.status = 200  # type: ignore[attr-defined]
-    server.paths = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+def health_server(request: pytest.FixtureRequest) -> ThreadingHTTPServer:
+    """The shared loopback health app (test_aws_support), under this module's old name."""
+    server: ThreadingHTTPServer = request.getfixturevalue("loopback_app")
+    return server
 
 
 class FakeStack:
