@@ -21,6 +21,7 @@ from stacks.catalog import load_catalog
 from stacks.variant import Variant
 
 if TYPE_CHECKING:
+    from experiments.credits_model import Sustained
     from stacks.preview import DeclaredResource
 
 FREE_TIER_NOTE = ("free tier not applied: accounts created before 2025-07-15 get 750 h/month of "
@@ -430,3 +431,39 @@ def surplus_credits_per_hour(observations: Observations) -> float:
         total += samples[-1][1] - samples[0][1]
         span = max(span, samples[-1][0] - samples[0][0])
     return total / (span / 3600) if span > 0 else 0.0
+
+
+@dataclass
+class PricedCapacity:
+    """A variant's bill at its measured capacity, and its burst-vs-sustained figures."""
+
+    cost: dict[str, Any]
+    """summary.json's cost keys (CostBreakdown.to_summary + sustained per-dollar)."""
+    burst: dict[str, Any]
+    """summary.json's burst-vs-sustained keys (credits_model.burst_summary)."""
+
+
+def price_at_capacity(variant: Variant, capacity_rps: float, steps: list[StepResult],
+                      observations: Observations, sustained: Sustained | None,
+                      cpu_scale: float | None) -> PricedCapacity:
+    """The bill at capacity: unlimited-mode surplus credits at the CPU measured there (the
+    price of *sustaining* it), else what the run measured; plus per-dollar figures on the
+    sustained capacity (what the ★ ranks by default)."""
+    from experiments.credits_model import burst_summary, vcpus_used_during
+    from experiments.model import step_at_capacity
+
+    at_capacity = step_at_capacity(steps)
+    traffic = MeasuredTraffic.from_step(at_capacity) if at_capacity else None
+    used = (vcpus_used_during(at_capacity, observations.signals, cpu_scale)
+            if at_capacity else None)
+    it = load_catalog().instance(variant.instance_type)
+    burst = burst_summary(it, variant.credit_mode, variant.count, capacity_rps, used, sustained)
+    surplus = surplus_credits_per_hour(observations)
+    runway = burst.get("credit_runway") or {}
+    if runway.get("mode") == "unlimited":
+        surplus = runway["surplus_credits_per_hour"] * variant.count
+    breakdown = price_variant(variant, traffic=traffic, surplus_credits_per_hour=surplus)
+    cost = breakdown.to_summary(capacity_rps)
+    per_usd = breakdown.capacity_per_usd_hour(burst.get("sustained_capacity_rps"))
+    cost["sustained_capacity_per_usd_hour"] = None if per_usd is None else round(per_usd, 2)
+    return PricedCapacity(cost, burst)

@@ -94,6 +94,15 @@ class Observations(Record):
             logs=[LogLine.from_dict(line) for line in data.get("logs", [])],
         )
 
+    def outside(self, window: tuple[float, float] | None) -> Observations:
+        """Everything except what was seen in `window` (e.g. the sustained search's emptied
+        credit balance: our doing, so its baseline quota must not be named a failure)."""
+        if window is None:
+            return self
+        lo, hi = window
+        return Observations(signals=[x for x in self.signals if not lo <= x.t <= hi],
+                            logs=[x for x in self.logs if not lo <= x.t <= hi])
+
 
 # ---- what the load driver measures -------------------------------------------------------
 

@@ -21,9 +21,9 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from experiments.errors import UserError
 from experiments.model import (
@@ -36,6 +36,9 @@ from experiments.model import (
     SurvivalResult,
 )
 from stacks.variant import Variant
+
+if TYPE_CHECKING:
+    from experiments.stats import Spread
 
 FORMAT_VERSION = 1
 SIGNAL_COLUMNS = [f.name for f in fields(SignalSample)]
@@ -225,6 +228,13 @@ class VariantSummary(Record):
             credit_runway_minutes=burst.get("credit_runway_minutes"),
             credit_runway=burst.get("credit_runway"), dilation=dilation)
 
+    def with_spread(self, figures: Spread) -> VariantSummary:
+        """The repeated searches' figures (`--repeat N`) beside the median capacity."""
+        return replace(self, capacity_runs=[round(r, 2) for r in figures.runs],
+                       capacity_ci95=None if figures.ci95 is None else
+                       [round(figures.ci95[0], 2), round(figures.ci95[1], 2)],
+                       capacity_rsd=None if figures.rsd is None else round(figures.rsd, 4))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VariantSummary:
         """The typed record; DamagedRecord (a ValueError) when `data` is not one."""
@@ -335,6 +345,14 @@ class RunStore:
         planned = self.info.get("variants") or []
         done = {p.parent.name for p in self.dir.glob("*/result.json")}
         return [n for n in planned if n in done] + sorted(done - set(planned))
+
+    def set_aside_partial(self, variant: str) -> None:
+        """An interrupted attempt's files are kept beside, never overwritten."""
+        import time
+
+        folder = self.variant_dir(variant)
+        if folder.exists() and not (folder / "result.json").exists():
+            folder.rename(folder.with_name(f"{variant}.interrupted-{int(time.time())}"))
 
     def save_json(self, variant: str, filename: str, data: Any) -> None:
         write_json(self.variant_dir(variant) / filename, data)

@@ -113,3 +113,19 @@ def failures(thresholds: Iterable[Threshold], summary: dict[str, Any],
             elif not OPERATORS[t.op](float(actual), t.value):
                 lines.append(f"threshold {t} failed: {name} {t.metric} = {actual:g}")
     return lines
+
+
+def exit_status(thresholds: list[Threshold], summary: dict[str, Any], planned: list[str],
+                status: int, say: Callable[[str], None]) -> int:
+    """The run's exit status once its thresholds are judged: one stderr line per failure and
+    k6's 99; a failed variant's `status` wins (the run is broken, not merely slower)."""
+    import sys
+
+    if not thresholds:
+        return status
+    lines = failures(thresholds, summary, planned)
+    for line in lines:
+        print(f"scalelab: {line}", file=sys.stderr)
+    if not lines:
+        say(f"All {len(thresholds)} thresholds passed.")
+    return status or (EXIT_THRESHOLDS_FAILED if lines else 0)

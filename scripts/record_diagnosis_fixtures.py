@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # noqa E402: the imports need ROOT on sys.path (the script runs from anywhere).
-from experiments.backends.local import LocalBackend, _no_control_socket, haproxy  # noqa: E402
+from experiments.backends.local import LocalBackend, gunicorn_argv, haproxy  # noqa: E402
 from experiments.backends.local.appsetup import app_env  # noqa: E402
 from experiments.backends.local.cgroups import InstanceCgroup, detect_layout  # noqa: E402
 from experiments.backends.local.credits import CreditBucket  # noqa: E402
@@ -104,11 +104,6 @@ def cgroup_name(role: str) -> str:
     return f"{CGROUP_PREFIX}-p{os.getpid()}-{role}"
 
 
-def memory_limit_mib(variant: Variant) -> int:
-    """The instance cgroup's memory limit, as the local backend sets it."""
-    return variant.memory_mib - variant.os_reserve_mib
-
-
 def with_app(variant: Variant, app_dir: Path, **changes: object) -> Variant:
     """`variant` serving APP from `app_dir` (no setup command), with further overrides."""
     app = AppSource(path=str(app_dir), wsgi="app:application", setup="", health_path="/healthz")
@@ -159,8 +154,7 @@ class Recording:
         self.sampled = SampledInstance(INSTANCE, self.cgroup, variant.vcpu, backend.cpu_scale,
                                        bucket, backend.time_compression)
         self.sampler = Sampler([self.sampled], self.signals.append, self.logs.append)
-        argv = [sys.executable, "-m", "gunicorn", *_no_control_socket(),
-                *variant.gunicorn_args(f"127.0.0.1:{self.port}")]
+        argv = gunicorn_argv(variant, f"127.0.0.1:{self.port}", backend.dilation)
         self.supervisor = Supervisor(INSTANCE, argv, variant.app.directory,
                                      app_env(variant, variant.app.directory),
                                      self.cgroup.procs_files(), self.logs.append)
@@ -193,7 +187,7 @@ def deployed(variant: Variant) -> Iterator[Recording]:
     rec = Recording(variant)
     try:
         rec.cgroup.create()
-        rec.cgroup.set_limits(memory_limit_mib(variant) * MIB, variant.swap_mib * MIB,
+        rec.cgroup.set_limits(variant.app_memory_mib * MIB, variant.swap_mib * MIB,
                               variant.swappiness, rec.sampled.target_cores())
         rec.supervisor.start()
         rec.sampler.start()
@@ -248,7 +242,7 @@ def gunicorn_case(variant: Variant, requests: list[str], needles: list[str]) -> 
 
 def hog(variant: Variant) -> str:
     """A request that allocates 100 MiB past the instance's memory limit."""
-    return f"/hog?mib={memory_limit_mib(variant) + 100}"
+    return f"/hog?mib={variant.app_memory_mib + 100}"
 
 
 def case_worker_timeout_abort(app_dir: Path) -> Observations:

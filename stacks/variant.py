@@ -140,6 +140,12 @@ class Variant:
         return load_catalog().instance(self.instance_type).memory_mib
 
     @property
+    def app_memory_mib(self) -> int:
+        """What the app gets of one instance: its memory less what the OS keeps (the local
+        backend's cgroup limit; on EC2 the kernel, sshd and agents hold the reserve)."""
+        return self.memory_mib - self.os_reserve_mib
+
+    @property
     def vcpu(self) -> int:
         return load_catalog().instance(self.instance_type).vcpu
 

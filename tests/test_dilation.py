@@ -149,8 +149,8 @@ def _variant_run(tmp_path: Path, survival_rps: float | None = None):  # type: ig
 
     from experiments.profiles import get_profile
     from experiments.results import RunStore
-    from experiments.runner import VariantRun
     from experiments.runplan import RunPlan
+    from experiments.variant_run import VariantRun
 
     plan = RunPlan(run_id="r1", backend_name="local", variants=[Variant(name="micro")],
                    profile=get_profile("quick"), slo=Slo(p95_ms=500), locustfile=Path("x.py"),

@@ -84,8 +84,8 @@ def test_repeated_searches_land_in_the_summary(tmp_path, monkeypatch) -> None:
     from experiments.model import Failure, Observations, Slo, StepResult, SurvivalResult
     from experiments.profiles import get_profile
     from experiments.results import RunStore
-    from experiments.runner import VariantRun
     from experiments.runplan import RunPlan
+    from experiments.variant_run import VariantRun
     from stacks.variant import load_variant
 
     variant = load_variant("micro")
@@ -103,13 +103,12 @@ def test_repeated_searches_land_in_the_summary(tmp_path, monkeypatch) -> None:
     searches = iter([result(30.0, 100.0), result(36.0, 300.0), result(31.0, 120.0)])
     with Progress(console=Console(file=io.StringIO())) as progress:
         run = VariantRun(variant, plan, store, progress)
-        run._task = progress.add_task("micro")
         monkeypatch.setattr(run, "_capacity_search", lambda deployment, i: next(searches))
         capacity = run.capacity(deployment=None)  # type: ignore[arg-type]
         assert capacity.capacity_rps == 31.0 and capacity.p95_ms_at_capacity == 120.0
         assert [s.offered_rps for s in capacity.steps] == [31.0]  # the median search's
         run.finish(capacity, SurvivalResult(seconds=33, held=True, limit_s=33), Observations(),
-                   Failure(), {})
+                   Failure())
     entry = json.loads((tmp_path / "r" / "micro" / "result.json").read_text())
     assert entry["capacity_rps"] == 31.0
     assert entry["capacity_runs"] == [30.0, 36.0, 31.0]

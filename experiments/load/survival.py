@@ -87,6 +87,23 @@ def survival_rate(failed_rps: list[float], override_rps: float | None = None) ->
     return min(rates) if rates else None
 
 
+def run_survival_rate(stored: dict[str, object], failed_rps: list[float], name: str,
+                      capacity_rps: float, override_rps: float | None, growth: float
+                      ) -> tuple[float, str]:
+    """The run's one survival rate and where it came from: the rate stored in run.json (an
+    earlier variant's, or a resumed run's), else `survival_rate`, else — the smallest variant
+    never failed its search — its capacity × the search's growth factor."""
+    if stored.get("offered_rps"):
+        return float(str(stored["offered_rps"])), str(stored.get("source", ""))
+    found = survival_rate(failed_rps, override_rps)
+    if override_rps:
+        return float(override_rps), "--survival-rps"
+    if found is not None:
+        return found, f"the lowest rate {name} failed its capacity search at"
+    return (max(1.0, capacity_rps * growth),
+            f"{name}'s capacity × {growth:g} (its search never failed)")
+
+
 @dataclass(frozen=True)
 class Second:
     """One second of the survival timeline (t = seconds since the start, end of the bucket)."""

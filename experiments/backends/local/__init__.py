@@ -355,7 +355,7 @@ class _Stack:
         self._make_swap()
         phase("swap_s")
         it = load_catalog().instance(v.instance_type)
-        memory = (v.memory_mib - v.os_reserve_mib) * MIB
+        memory = v.app_memory_mib * MIB
         for i, host in enumerate(hosts):
             name = f"i{i}"
             cg = self.layout.make(f"{CGROUP_PREFIX}{self.id}-{name}")
@@ -390,7 +390,7 @@ class _Stack:
             "credits_start": b.credits, "time_compression": b.time_compression,
             "dilation": b.dilation,
             "gunicorn_timeout_s": dilated_seconds(v.gunicorn.timeout_s, b.dilation),
-            "memory_limit_mib": v.memory_mib - v.os_reserve_mib,
+            "memory_limit_mib": v.app_memory_mib,
             "os_reserve_mib": v.os_reserve_mib, "swapfiles": [str(p) for p in self.swapfiles],
             "instances": {i.name: f"http://{i.host}:{i.port}" for i in self.instances},
             "deployment_id": self.id, "startup_s": round(time.time() - started, 3),
@@ -414,9 +414,7 @@ class _Stack:
 
     def _spawn(self, inst: Instance) -> None:
         v = self.variant
-        argv = [sys.executable, "-m", "gunicorn", *_no_control_socket(),
-                *dilate_gunicorn_args(v.gunicorn_args(f"{inst.host}:{inst.port}"),
-                                      self.backend.dilation)]
+        argv = gunicorn_argv(v, f"{inst.host}:{inst.port}", self.backend.dilation)
 
         def remember(pid: int) -> None:
             self.marker.pgids.append(pid)
@@ -524,6 +522,13 @@ class _Stack:
             self._log(LogLine(time.time(), "supervisor:host",
                               "teardown incomplete (kept marker for leftovers): "
                               + "; ".join(errors)))
+
+
+def gunicorn_argv(variant: Variant, bind: str, dilation: float = 1.0) -> list[str]:
+    """The command one emulated instance runs: Gunicorn with the variant's settings, its
+    clocks (timeout, graceful timeout) dilated like the box's CPU."""
+    return [sys.executable, "-m", "gunicorn", *_no_control_socket(),
+            *dilate_gunicorn_args(variant.gunicorn_args(bind), dilation)]
 
 
 def _no_control_socket() -> list[str]:

@@ -1,0 +1,81 @@
+"""Sustained capacity: what a burstable box in standard credit mode carries once its credits
+are gone (AWS's baseline), measured by a second, shorter search with the balance emptied.
+
+Where the backend cannot empty the balance (AWS), it is estimated from the burst capacity,
+the baseline fraction and the CPU measured at capacity — and labelled as an estimate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from experiments.backends.base import Deployment
+from experiments.credits_model import Sustained, estimated_sustained_rps, vcpus_used_during
+from experiments.load.capacity import CapacityResult, find_capacity
+from experiments.load.driver import LoadSession, LoadSettings
+from experiments.model import Slo, StepResult, step_at_capacity
+from experiments.profiles import Profile
+from stacks.catalog import load_catalog
+from stacks.variant import Variant
+
+FORCED_CREDITS_MARGIN_S = 3.0
+"""After the balance is restored the sampler applies the full quota within ~1 s; keep clear."""
+
+
+@dataclass
+class SustainedSearch:
+    """The sustained stage for one variant on one deployment."""
+
+    variant: Variant
+    profile: Profile
+    slo: Slo
+    credits: str
+    """The run's credit setting ("launch", "exhausted", …): restored after the search."""
+    cpu_scale: float | None
+    load: LoadSettings
+    forced_window: tuple[float, float] | None = None
+    """When the balance was forced empty: our doing, not a failure to diagnose."""
+
+    @property
+    def max_steps(self) -> int:
+        return max(2, self.profile.max_steps // 2)
+
+    def run(self, deployment: Deployment, burst: CapacityResult,
+            on_rate: Callable[[float], None], on_step: Callable[[StepResult], None]
+            ) -> Sustained | None:
+        """None where credits never throttle (fixed performance, unlimited mode)."""
+        it = load_catalog().instance(self.variant.instance_type)
+        if not it.burstable or self.variant.credit_mode != "standard" or burst.capacity_rps <= 0:
+            return None
+        at = step_at_capacity(burst.steps)
+        used = (vcpus_used_during(at, deployment.observe().signals, self.cpu_scale)
+                if at else None)
+        estimate = estimated_sustained_rps(burst.capacity_rps, used or float(it.vcpu),
+                                           it.baseline_per_vcpu * it.vcpu)
+        if self.credits == "exhausted":
+            return Sustained(burst.capacity_rps, "measured", used, [],
+                             "the run started with credits exhausted: the capacity is sustained")
+        started = time.time()
+        if not deployment.set_credits("exhausted"):
+            return Sustained(round(estimate, 2), "estimated", used, [],
+                             "credits cannot be emptied on this backend: burst capacity × "
+                             "baseline ÷ CPU used at capacity")
+        try:
+            with LoadSession(deployment.url, self.load) as load:
+                def measure(rps: float) -> StepResult:
+                    on_rate(rps)
+                    result = load.step(rps, self.profile.warmup_s, self.profile.hold_s)
+                    time.sleep(self.profile.cooldown_s)
+                    return result
+
+                # Aimed below the estimate, so the search grows into the answer in few steps.
+                found = find_capacity(measure, self.slo, start_rps=max(0.5, 0.8 * estimate),
+                                      growth=self.profile.growth,
+                                      precision=self.profile.precision,
+                                      max_steps=self.max_steps, on_step=on_step)
+        finally:
+            deployment.set_credits(self.credits)  # the survival test starts as planned
+            self.forced_window = (started, time.time() + FORCED_CREDITS_MARGIN_S)
+        return Sustained(found.capacity_rps, "measured", used, found.steps, found.verdict)

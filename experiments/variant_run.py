@@ -1,0 +1,260 @@
+"""One variant's pass through the stages, in this order (PerfKitBenchmarker's stages with a
+`current_run_stage`; esrally's named pipeline steps):
+
+    deploy → wait healthy → capacity → sustained capacity (burstable, standard credits) →
+    survival → observe → teardown → diagnose → price → store.
+
+Each stage is one method that delegates its rule to where it lives: the search to
+`load/search.py`, the sustained search to `load/sustained.py`, the survival rate and verdict
+to `load/survival.py`, the diagnosis to `diagnose.py`, the bill to `cost.py`, the record to
+`results.py`, the progress lines to `report/progress.py`.
+
+Time dilation: on the local backend at cpu_scale s the box runs d = 1/s times slower than
+the AWS box; the backend stretches the server's clocks, and this module the experiment's: the
+SLO's p95 (`Slo.dilated`), the survival duration and the survival rule's windows.
+
+Teardown comes first, publishing after (PerfKitBenchmarker's order): everything a variant
+needs later is observed while the deployment is up, the backend's `finally` removes it, and
+only then are the results judged and written.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from rich.progress import Progress
+
+from experiments.backends.base import Backend, Deployment
+from experiments.credits_model import Sustained
+from experiments.load.capacity import CapacityResult
+from experiments.load.driver import LoadSession, LoadSettings
+from experiments.load.survival import (
+    HAZARD_INTERVAL_S,
+    SHOP_HAZARD_PATH,
+    first_worker_loss_s,
+    run_survival_rate,
+    with_worker_loss,
+)
+from experiments.model import Failure, Observations, Slo, StepResult, SurvivalResult
+from experiments.report.progress import VariantProgress
+from experiments.results import RunStore, VariantSummary, variant_record
+from experiments.runplan import RunPlan
+from experiments.stats import Spread
+from stacks.variant import Variant
+
+
+class Stage(StrEnum):
+    """Where a variant is (PerfKitBenchmarker's `current_run_stage`): named in progress and
+    in error.json, so a failure says which stage it interrupted."""
+
+    DEPLOY = "deploying and waiting healthy"
+    CAPACITY = "capacity search"
+    SUSTAINED = "sustained capacity (credits exhausted)"
+    SURVIVAL = "survival test"
+    OBSERVE = "collecting signals, tearing down"
+    DIAGNOSE = "diagnosing"
+    PRICE = "pricing"
+    STORE = "storing"
+
+
+@dataclass
+class VariantRun:
+    """One variant's pass through the stages; each stage is one method with one job."""
+
+    variant: Variant
+    plan: RunPlan
+    store: RunStore
+    progress: Progress
+    stage: Stage = Stage.DEPLOY
+    dilation: float = 1.0
+    """The backend's time dilation (1/cpu_scale locally, 1 on AWS)."""
+    cpu_scale: float | None = None
+    """Host cores per emulated vCPU (local); None: CPU samples are already in vCPUs (AWS)."""
+    capacity_spread: Spread | None = None
+    """The repeated searches' median, interval and spread (set by the capacity stage)."""
+    sustained: Sustained | None = None
+    forced_credits: tuple[float, float] | None = None
+    """When the credit balance was forced empty (sustained stage): not a failure to diagnose."""
+    view: VariantProgress = field(init=False)
+    _on_step: Callable[[StepResult], None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.view = VariantProgress(self.variant.name, self.progress)
+        self._on_step = self._recorder("steps.json")  # every repeat's steps, in one file
+
+    @property
+    def slo(self) -> Slo:
+        """The SLO in the emulated box's time: p95 × dilation."""
+        return self.plan.slo.dilated(self.dilation)
+
+    def measure(self, backend: Backend) -> VariantSummary:
+        self.dilation = float(getattr(backend, "dilation", 1.0) or 1.0)
+        self.cpu_scale = getattr(backend, "cpu_scale", None)
+        self.store.set_aside_partial(self.variant.name)
+        self.store.save_json(self.variant.name, "variant.json", variant_record(self.variant))
+        with self.view:
+            capacity, survival, observations = self.deployed_stages(backend)
+        survival = with_worker_loss(survival, observations)
+        self.store.save_json(self.variant.name, "survival.json", survival.to_dict())
+        failure = self.diagnose(capacity, survival, observations)
+        return self.finish(capacity, survival, observations, failure)
+
+    def deployed_stages(self, backend: Backend
+                        ) -> tuple[CapacityResult, SurvivalResult, Observations]:
+        """deploy → capacity → sustained → survival → observe; the backend tears down in its
+        `finally`."""
+        self.enter(Stage.DEPLOY)
+        with backend.deployed(self.variant) as deployment:
+            try:
+                capacity = self.capacity(deployment)
+                self.sustained = self.sustained_capacity(deployment, capacity)
+                survival = self.survival(deployment, capacity)
+            finally:
+                observations = self.observe(deployment)
+        return capacity, survival, observations
+
+    def capacity(self, deployment: Deployment) -> CapacityResult:
+        """`--repeat N` independent searches. The result is the median search's (its steps and
+        p95, so that pricing and diagnosis read the search the capacity names) with capacity =
+        the median; steps.json keeps every search's steps, `capacity_spread` every figure."""
+        from experiments.stats import spread
+
+        searches = [self._capacity_search(deployment, i) for i in range(self.plan.repeat)]
+        figures = self.capacity_spread = spread([c.capacity_rps for c in searches])
+        median = min(searches, key=lambda c: abs(c.capacity_rps - figures.median))
+        return replace(median, capacity_rps=figures.median)
+
+    def _capacity_search(self, deployment: Deployment, index: int) -> CapacityResult:
+        """Guided search (the deployment's CPU signal) ending in a confirmation hold."""
+        from experiments.load.search import search_capacity
+
+        profile = self.plan.profile
+        self.enter(Stage.CAPACITY, total=profile.max_steps + (1 if profile.confirm_hold_s else 0),
+                   detail=f"search {index + 1} of {self.plan.repeat}" if self.plan.repeat > 1
+                   else "")
+
+        def on_rate(rps: float, phase: str) -> None:
+            self.view.describe(f"{'confirming ' if phase == 'confirm' else ''}{rps:.1f} req/s")
+
+        with LoadSession(deployment.url, self._load(profile.hazard_weight_capacity)) as load:
+            capacity = search_capacity(load, deployment, profile, self.slo,
+                                       on_step=self._on_step, on_rate=on_rate)
+        bound = capacity.bound_sentence()
+        self.view.say(f"  {self.variant.name}: {capacity.verdict}"
+                      + (f"; {bound}" if bound else ""))
+        return capacity
+
+    def sustained_capacity(self, deployment: Deployment, burst: CapacityResult
+                           ) -> Sustained | None:
+        """Burstable, standard credits: the capacity at the baseline (load/sustained.py)."""
+        from experiments.load.sustained import SustainedSearch
+
+        profile = self.plan.profile
+        search = SustainedSearch(self.variant, profile, self.slo, self.plan.credits,
+                                 self.cpu_scale, self._load(profile.hazard_weight_capacity))
+        self.enter(Stage.SUSTAINED, total=search.max_steps)
+        try:
+            return search.run(deployment, burst, lambda rps: self.view.describe(f"{rps:.1f} req/s"),
+                              self._recorder("sustained-steps.json", "sustained "))
+        finally:
+            self.forced_credits = search.forced_window
+
+    def survival_rps(self, capacity: CapacityResult) -> tuple[float, str]:
+        """The run's one survival rate, stored in run.json so later variants and --resume
+        reuse it (load/survival.py says how it is chosen)."""
+        rate, source = run_survival_rate(
+            self.store.info.get("survival") or {},
+            [s.offered_rps for s in capacity.steps if s.passed is False
+             and not s.generator_saturated],
+            self.variant.name, capacity.capacity_rps, self.plan.survival_rps,
+            self.plan.profile.growth)
+        self.store.update_info(survival={"offered_rps": rate, "source": source})
+        return rate, source
+
+    def survival(self, deployment: Deployment, capacity: CapacityResult) -> SurvivalResult:
+        rate, _ = self.survival_rps(capacity)
+        limit_s = self.plan.profile.survival_limit_s * self.dilation
+        hazard = SHOP_HAZARD_PATH if self.plan.shop_hazard else None
+        every_s = HAZARD_INTERVAL_S * self.dilation
+        self.enter(Stage.SURVIVAL, total=limit_s, detail=f"{rate:g} req/s"
+                   + (f" + {SHOP_HAZARD_PATH} every {every_s:g} s" if hazard else ""))
+        # The hazard comes as its own stream; the locustfile's weight would double it.
+        weight = 0 if hazard else self.plan.profile.hazard_weight_survival
+        with LoadSession(deployment.url, self._load(weight)) as load:
+            survival = load.survival(0, limit_s, offered_rps=rate, dilation=self.dilation,
+                                     hazard_path=hazard, hazard_rps=1 / every_s,
+                                     on_tick=self.view.at)
+        self.store.save_json(self.variant.name, "survival-clients.json", survival.to_dict())
+        return survival
+
+    def observe(self, deployment: Deployment) -> Observations:
+        self.enter(Stage.OBSERVE)
+        observations = deployment.observe()
+        self.store.save_observations(self.variant.name, observations)
+        return observations
+
+    def diagnose(self, capacity: CapacityResult, survival: SurvivalResult,
+                 observations: Observations) -> Failure:
+        """The first failure and its cause; the window when we emptied the credit balance is
+        left out (it stays in signals.csv and logs.jsonl)."""
+        from experiments.diagnose import diagnose
+
+        self.stage = Stage.DIAGNOSE
+        failure = diagnose(self.variant, observations.outside(self.forced_credits),
+                           capacity.steps, survival, self.slo)
+        self.store.save_json(self.variant.name, "diagnosis.json", failure.to_dict())
+        return failure
+
+    def finish(self, capacity: CapacityResult, survival: SurvivalResult,
+               observations: Observations, failure: Failure) -> VariantSummary:
+        """Price at capacity, then build and store the variant's record."""
+        from experiments.cost import price_at_capacity
+
+        self.stage = Stage.PRICE
+        priced = price_at_capacity(self.variant, capacity.capacity_rps, capacity.steps,
+                                   observations, self.sustained, self.cpu_scale)
+        self.stage = Stage.STORE
+        entry = VariantSummary.build(
+            self.variant, capacity.capacity_rps, capacity.p95_ms_at_capacity, capacity.steps,
+            survival, failure, priced.cost, self.plan.profile.name,
+            first_worker_loss_s=first_worker_loss_s(survival, observations),
+            burst=priced.burst, dilation=self.dilation)
+        if self.capacity_spread is not None:
+            entry = entry.with_spread(self.capacity_spread)
+        entry = replace(entry, **capacity.summary_fields())
+        self.store.finish_variant(entry)
+        self.view.done(entry, survival, failure)
+        return entry
+
+    # ---- bookkeeping ---------------------------------------------------------------------
+
+    def enter(self, stage: Stage, total: float | None = None, detail: str = "") -> None:
+        self.stage = stage
+        self.view.enter(str(stage), total, detail)
+
+    def _recorder(self, filename: str, what: str = "") -> Callable[[StepResult], None]:
+        """A step callback: keep the step in `filename` (every search's, as they come), print
+        it and advance the bar."""
+        steps: list[StepResult] = []
+
+        def on_step(step: StepResult) -> None:
+            steps.append(step)
+            self.store.save_json(self.variant.name, filename, [x.to_dict() for x in steps])
+            self.view.step(step, what)
+            self.view.advance()
+        return on_step
+
+    def _load(self, hazard_weight: int) -> LoadSettings:
+        return LoadSettings(locustfile=self.plan.locustfile, load_workers=self.plan.load_workers,
+                            env={"SHOP_ALL_WEIGHT": str(hazard_weight)})
+
+    def save_error(self, exc: Exception) -> None:
+        name = self.variant.name
+        self.store.save_json(name, "error.json", {
+            "stage": self.stage.name.lower(), "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc()})
+        self.view.say(f"[red]{name}: {type(exc).__name__} during {self.stage}: {exc} (details "
+                      f"in {self.store.variant_dir(name)}/error.json); continuing.[/red]")
