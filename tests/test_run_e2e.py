@@ -48,8 +48,10 @@ def check_contract(summary: dict[str, Any]) -> None:
 
 
 def leftover_processes() -> list[str]:
-    result = subprocess.run(["pgrep", "-a", "-f", "gunicorn|haproxy|experiments.load"],
-                            capture_output=True, text=True)
+    """Servers and load processes as the local backend and the load driver start them (not
+    any command line that merely names gunicorn, such as a concurrent `pip install`)."""
+    pattern = r"-m gunicorn |^haproxy |/haproxy |experiments\.load"
+    result = subprocess.run(["pgrep", "-a", "-f", pattern], capture_output=True, text=True)
     return [line for line in result.stdout.splitlines() if "pgrep" not in line]
 
 
