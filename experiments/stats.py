@@ -19,8 +19,6 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from scipy import stats as _scipy_stats
-
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
 
@@ -47,7 +45,9 @@ def spread(values: list[float]) -> Spread:
         return Spread(runs, median, None, None)
     mean = statistics.fmean(runs)
     sd = statistics.stdev(runs)
-    half = float(_scipy_stats.t.ppf(1 - ALPHA / 2, len(runs) - 1)) * sd / math.sqrt(len(runs))
+    from scipy import stats as scipy_stats  # ~1 s to import: only when there are repeats
+
+    half = float(scipy_stats.t.ppf(1 - ALPHA / 2, len(runs) - 1)) * sd / math.sqrt(len(runs))
     rsd = sd / mean if mean else None
     # A rate is never negative: with 2 scattered searches (t = 12.7) the interval's lower end
     # would be (measured: runs 27.9 and 19.1 req/s gave -32.4); it is cut at 0.
@@ -73,7 +73,9 @@ def welch(baseline: list[float], contender: list[float]) -> Significance:
         same = statistics.fmean(baseline) == statistics.fmean(contender)
         return Significance(None, not same, "identical" if same else
                             "every search agrees within each run and the runs differ")
-    result = _scipy_stats.ttest_ind(contender, baseline, equal_var=False)
+    from scipy import stats as scipy_stats
+
+    result = scipy_stats.ttest_ind(contender, baseline, equal_var=False)
     p = float(result.pvalue)
     if math.isnan(p):
         return Significance(None, False, "not testable: the test is undefined for these figures")

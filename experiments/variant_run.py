@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from rich.progress import Progress
 
@@ -42,8 +43,10 @@ from experiments.model import Failure, Observations, Slo, StepResult, SurvivalRe
 from experiments.report.progress import VariantProgress
 from experiments.results import RunStore, VariantSummary, variant_record
 from experiments.runplan import RunPlan
-from experiments.stats import Spread
 from stacks.variant import Variant
+
+if TYPE_CHECKING:
+    from experiments.stats import Spread
 
 
 class Stage(StrEnum):

@@ -15,7 +15,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from experiments.model import Failure, SignalSample, StepResult, SurvivalResult
-from experiments.report import plots, tables
+from experiments.report import tables
 from experiments.results import DamagedRunError, RunStore, atomic_write_text
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -56,6 +56,8 @@ def _phases(steps: list[StepResult], survival: SurvivalResult | None) -> list[tu
 
 def _variant_view(store: RunStore, entry: dict[str, Any], row: dict[str, Any],
                   slo_p95: float, damage: list[str]) -> dict[str, Any]:
+    from experiments.report import plots  # matplotlib: only when a report is drawn
+
     name = entry["name"]
     try:
         steps = _steps(store, name, entry)
@@ -129,6 +131,8 @@ def _aws_view(r: dict[str, Any]) -> dict[str, Any]:
 
 def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, Any]],
                 damage: list[str] | None = None, burst: bool = False) -> str:
+    from experiments.report import plots
+
     info = store.info
     best = tables.best_value(rows, burst)
     slo_p95 = float((summary.get("slo") or {}).get("p95_ms", 500))
