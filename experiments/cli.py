@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from experiments.errors import UserError
 
-PROFILES = ("quick", "standard")
+PROFILES = ("smoke", "quick", "standard")
 
 
 def _number(text: str) -> float:
@@ -73,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--variants", type=_variant_list, default=None, metavar="A,B,...",
                      help="which stacks/Pulumi.<variant>.yaml to run (default: all four)")
     run.add_argument("--profile", choices=PROFILES, default=None,
-                     help="quick: short steps for a demo or CI (about three minutes per "
-                          "variant on two cores); standard: longer steps and survival test "
-                          "(default: quick)")
+                     help="smoke: every stage, briefly, to check the pipeline (its figures "
+                          "are not measurements); quick: short steps for a demo (about three "
+                          "minutes per variant on two cores); standard: longer steps and "
+                          "survival test (default: quick)")
     run.add_argument("--slo-p95-ms", type=_number, default=None, metavar="MS",
                      help="a step passes only if its p95 latency is at most this many ms, "
                           "1 to 600000 (default 500)")

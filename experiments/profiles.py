@@ -1,6 +1,7 @@
 """Measurement profiles: how long each step and the survival test last.
 
-`quick` is for the README's demo and CI; `standard` holds each step long enough for
+`smoke` runs every stage briefly to check the pipeline (tests, a first AWS deploy);
+`quick` is for the README's demo; `standard` holds each step long enough for
 percentiles to settle and runs the seed's survival test for five minutes. Both search the
 same way (experiments.load.capacity): the guided search needs about five steps, so the quick
 profile saves time with fewer steps, not shorter holds; each search ends with a confirmation
@@ -46,6 +47,12 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
+    # esrally's test mode: every stage of the pipeline runs, briefly; its figures are a check
+    # that everything works (CI, a first try, an AWS account's first deploy), not measurements.
+    "smoke": Profile(name="smoke", warmup_s=0.5, hold_s=2.0, start_rps=8.0, growth=2.0,
+                     precision=0.2, max_steps=4, cooldown_s=0.2, survival_users=10,
+                     survival_limit_s=8.0, hazard_weight_capacity=0, hazard_weight_survival=2,
+                     confirm_hold_s=3.0),
     "quick": Profile(name="quick", warmup_s=1.0, hold_s=4.0, start_rps=8.0, growth=1.5,
                      precision=0.05, max_steps=8, cooldown_s=0.5, survival_users=40,
                      survival_limit_s=33.0, hazard_weight_capacity=0, hazard_weight_survival=2,

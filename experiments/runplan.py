@@ -163,7 +163,7 @@ CPU_SCALE: tuple[float, float] = (0.01, 1.0)
 core), and the largest variant must fit on this host (checked with the variants)."""
 REPEATS: tuple[float, float] = (1, 20)
 SURVIVAL_RPS: tuple[float, float] = (0.1, 100_000.0)
-DEFAULT_REPEATS = {"quick": 1, "standard": 3}
+DEFAULT_REPEATS = {"smoke": 1, "quick": 1, "standard": 3}
 """Capacity searches per variant when --repeat is not given. quick: 1, because it is the
 demo / CI profile and each extra search adds a whole search (about a minute per variant on two
 cores); and 2 would buy no usable interval (Student's t for 1 degree of freedom is 12.7, so

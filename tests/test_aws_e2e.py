@@ -135,7 +135,7 @@ def test_run_backend_aws_from_deploy_to_report(tmp_path: Path, monkeypatch: pyte
     out = tmp_path / "results"
     try:
         done = subprocess.run([sys.executable, "-m", "experiments", "run", "--backend", "aws",
-                               "--variants", "micro", "--profile", "quick", "--out", str(out)],
+                               "--variants", "micro", "--profile", "smoke", "--out", str(out)],
                               cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
                               timeout=900)
     finally:

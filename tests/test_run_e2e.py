@@ -113,7 +113,7 @@ def test_interrupt_then_resume_two_variants(tmp_path: Path) -> None:
 def test_bring_your_own_app(tmp_path: Path) -> None:
     out = tmp_path / "results"
     result = subprocess.run(
-        scalelab("run", "--variants", "micro", "--profile", "quick", "--out", str(out),
+        scalelab("run", "--variants", "micro", "--profile", "smoke", "--out", str(out),
                  "--app-dir", str(FIXTURE_APP), "--wsgi", "app:application",
                  "--health-path", "/health", "--locustfile", str(FIXTURE_APP / "locustfile.py")),
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
