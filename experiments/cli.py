@@ -173,6 +173,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from experiments.runner import run_command
 
+        _terminate_like_ctrl_c()
         return run_command(args)
     if args.command == "report":
         from experiments.report import build_report
@@ -274,6 +275,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scalelab: {args.command} failed{where}: {type(exc).__name__}: {exc}; {advice}"
               "SCALELAB_DEBUG=1 shows the traceback.", file=sys.stderr)
         return 1
+
+
+def _terminate_like_ctrl_c() -> None:
+    """`kill PID`, a CI job's timeout, `docker stop`, systemd: SIGTERM tears down and keeps the
+    measured results exactly like Ctrl-C (Python's default would exit at once, leaving the
+    deployment up and the run marked "running")."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _quiet_stdout() -> None:

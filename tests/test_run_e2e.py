@@ -123,3 +123,35 @@ def test_bring_your_own_app(tmp_path: Path) -> None:
     (micro,) = summary["variants"]
     assert micro["capacity_rps"] > 0
     assert leftover_processes() == []
+
+
+def test_sigterm_tears_down_and_keeps_the_run_like_ctrl_c(tmp_path: Path) -> None:
+    """`kill PID` (a CI timeout, `docker stop`) mid-measurement: exit 130, nothing left
+    behind, the run marked incomplete and resumable — not a deployment left running."""
+    from experiments.backends.local.cgroups import CGROUP_PREFIX, detect_layout
+
+    def cgroups() -> set[Path]:
+        return {p for root in detect_layout().roots() for p in root.glob(f"{CGROUP_PREFIX}*")}
+
+    before = cgroups()  # another run on this host may own some; ours must all be gone
+    out = tmp_path / "results"
+    log = (tmp_path / "run.log").open("w")
+    run = subprocess.Popen(scalelab("run", "--variants", "micro", "--profile", "smoke",
+                                    "--out", str(out)),
+                           cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(out.glob("*/micro/steps.json")):
+            assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert list(out.glob("*/micro/steps.json")), "micro never reached its first step"
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) == 130, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert "interrupted; deployments were torn down" in (tmp_path / "run.log").read_text()
+    assert leftover_processes() == []
+    assert cgroups() <= before
+    run_dir = next(out.iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "incomplete"

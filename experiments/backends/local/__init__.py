@@ -227,16 +227,19 @@ class LocalBackend:
 
 @contextlib.contextmanager
 def _sigint_deferred() -> Iterator[None]:
-    """A second Ctrl-C during teardown is held back until teardown is done (then re-raised)."""
+    """A second Ctrl-C (or a SIGTERM) during teardown is held back until teardown is done
+    (then re-raised as KeyboardInterrupt)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         if pending:
             raise KeyboardInterrupt
 
