@@ -55,24 +55,33 @@ def leftover_processes() -> list[str]:
     return [line for line in result.stdout.splitlines() if "pgrep" not in line]
 
 
+def interrupt_run(args: list[str], out: Path, reached: str, timeout_s: float, signum: int,
+                  log_path: Path, after_s: float = 0.0) -> None:
+    """Start `run ARGS`, wait until `out` holds `reached` (a glob), then `after_s`, then send
+    `signum`: the run must exit 130 (interrupted, torn down, results kept)."""
+    with log_path.open("w") as log:
+        run = subprocess.Popen(scalelab("run", *args), cwd=PROJECT_DIR, stdout=log,
+                               stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout_s
+            while time.time() < deadline and not list(out.glob(reached)):
+                assert run.poll() is None, log_path.read_text()[-3000:]
+                time.sleep(0.5)
+            assert list(out.glob(reached)), f"{reached} did not appear in {timeout_s:g} s"
+            time.sleep(after_s)
+            run.send_signal(signum)
+            assert run.wait(timeout=60) == 130, log_path.read_text()[-3000:]
+        finally:
+            if run.poll() is None:
+                run.kill()
+
+
 def test_interrupt_then_resume_two_variants(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(scalelab("run", "--variants", "micro,scale-out", "--profile",
-                                      "quick", "--out", str(out)),
-                             cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 420
-        while time.time() < deadline and not list(out.glob("*/micro/result.json")):
-            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            time.sleep(1)
-        assert list(out.glob("*/micro/result.json")), "micro did not finish in time"
-        time.sleep(8)  # scale-out is deploying or under load now
-        first.send_signal(signal.SIGINT)
-        assert first.wait(timeout=60) == 130, (tmp_path / "first.log").read_text()[-3000:]
-    finally:
-        if first.poll() is None:
-            first.kill()
+    # scale-out is deploying or under load 8 s after micro finished
+    interrupt_run(["--variants", "micro,scale-out", "--profile", "quick", "--out", str(out)],
+                  out, "*/micro/result.json", 420, signal.SIGINT, tmp_path / "first.log",
+                  after_s=8)
     assert leftover_processes() == []
     run_dir = next(out.iterdir())
     info = json.loads((run_dir / "run.json").read_text())
@@ -135,21 +144,8 @@ def test_sigterm_tears_down_and_keeps_the_run_like_ctrl_c(tmp_path: Path) -> Non
 
     before = cgroups()  # another run on this host may own some; ours must all be gone
     out = tmp_path / "results"
-    log = (tmp_path / "run.log").open("w")
-    run = subprocess.Popen(scalelab("run", "--variants", "micro", "--profile", "smoke",
-                                    "--out", str(out)),
-                           cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not list(out.glob("*/micro/steps.json")):
-            assert run.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-            time.sleep(0.5)
-        assert list(out.glob("*/micro/steps.json")), "micro never reached its first step"
-        run.send_signal(signal.SIGTERM)
-        assert run.wait(timeout=60) == 130, (tmp_path / "run.log").read_text()[-3000:]
-    finally:
-        if run.poll() is None:
-            run.kill()
+    interrupt_run(["--variants", "micro", "--profile", "smoke", "--out", str(out)], out,
+                  "*/micro/steps.json", 120, signal.SIGTERM, tmp_path / "run.log")
     assert "interrupted; deployments were torn down" in (tmp_path / "run.log").read_text()
     assert leftover_processes() == []
     assert cgroups() <= before
