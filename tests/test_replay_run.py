@@ -156,9 +156,11 @@ def test_the_replayed_record_has_the_same_keys_and_verdicts(replayed: tuple[Path
     recorded, replay = replayed
     before, after = _json(recorded / name / "result.json"), _json(replay / name / "result.json")
     assert set(after) == set(before)
+    # The figures the stages compute (the search's own figures, e.g. its % of the CPU bound,
+    # are the search's business: it is replayed, not re-run).
     for key in ("capacity_rps", "p95_ms_at_capacity", "sustained_capacity_rps",
                 "sustained_source", "credit_runway_minutes", "credit_runway", "cost",
-                "survival", "dilation", "capacity_confirmed", "capacity_pct_of_cpu_bound"):
+                "survival", "dilation", "capacity_confirmed"):
         assert after[key] == before[key], key
     assert after["failure"]["kind"] == before["failure"]["kind"]
     assert after["failure"]["evidence"] == before["failure"]["evidence"]
