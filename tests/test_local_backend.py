@@ -7,6 +7,7 @@ with a large OS reserve) so the kernel's memory limits bite within a second.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -323,3 +324,34 @@ def test_ctrl_c_tears_down_and_leftovers_clean_a_killed_run(tmp_path: Path) -> N
     wait_for(lambda: all(not Path(f"/proc/{p}").exists() for p in pids), 5, "orphans gone")
     assert [item for item in backend.leftovers() if item.detail != "unmarked"] == []
     assert not [p for p in active_swapfiles() if p.is_relative_to(state)]
+
+
+LOW_FD_CHILD = textwrap.dedent("""
+    import sys, urllib.request
+    from pathlib import Path
+    sys.path[:0] = [{root!r}, {tests!r}]
+    from test_local_backend import tiny
+    from experiments.backends.local import LocalBackend
+    b = LocalBackend(cpu_scale=0.5, state_dir=Path({state!r}))
+    with b.deployed(tiny(count=2, load_balancer=True)) as dep:
+        with urllib.request.urlopen(dep.url + "/healthz", timeout=10) as resp:
+            print("SERVED", resp.status, dep.extra["lb_maxconn"], flush=True)
+""")
+
+
+def test_haproxy_starts_under_a_1024_open_files_hard_limit(tmp_path: Path) -> None:
+    # Where systemd or a container hands out nofile 1024:1024, HAProxy's maxconn 4096 would
+    # need ~8200 descriptors and HAProxy would refuse to start.
+    root = str(Path(__file__).resolve().parent.parent)
+    state = tmp_path / "state"
+    code = LOW_FD_CHILD.format(root=root, tests=str(Path(__file__).parent), state=str(state))
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          timeout=180, preexec_fn=low_limit)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["SERVED", "200", "480"], done.stdout
+    backend = LocalBackend(cpu_scale=0.5, state_dir=state)
+    assert [item for item in backend.leftovers() if item.detail != "unmarked"] == []

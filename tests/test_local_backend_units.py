@@ -17,7 +17,7 @@ from experiments.backends.local.cgroups import (
     prepare_v2_parent,
 )
 from experiments.backends.local.credits import CreditBucket
-from experiments.backends.local.haproxy import Target, render_config
+from experiments.backends.local.haproxy import MAXCONN, Target, maxconn_for, render_config
 from experiments.errors import UserError
 from stacks.catalog import load_catalog
 from stacks.variant import HealthCheck, Variant
@@ -219,3 +219,13 @@ def test_sweep_takes_only_our_dead_owners_cgroups(tmp_path: Path) -> None:
         (root / name / "cgroup.procs").write_text("")
     found = find_leftovers(StateDir(tmp_path / "state"), CgroupLayout(2, {"unified": root}))
     assert [Path(item.ident).name for item in found] == [names[0]]
+
+
+def test_haproxy_maxconn_fits_the_open_files_hard_limit(tmp_path: Path) -> None:
+    assert maxconn_for(None) == maxconn_for(1 << 20) == MAXCONN == 4096
+    assert maxconn_for(1024) == 480 and maxconn_for(4096) == 2016
+    with pytest.raises(UserError, match="open-files hard limit is 100"):
+        maxconn_for(100)
+    cfg = render_config(Variant(name="lb"), "127.9.9.1", 8080, [], tmp_path / "s.sock",
+                        maxconn=480)
+    assert "    maxconn 480\n" in cfg

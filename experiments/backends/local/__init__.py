@@ -198,6 +198,7 @@ class LocalBackend:
         layout = self.layout()
         if variant.load_balancer:
             haproxy.haproxy_binary()
+            haproxy.maxconn_for(haproxy.fd_hard_limit())  # a too-low fd limit: say so now
         swept = [f"{i.kind} {i.ident}" for i in self.delete_leftovers()]
         stack = _Stack(self, variant, layout)
         try:
@@ -293,6 +294,7 @@ class _Stack:
         self.lb_cgroup: InstanceCgroup | None = None
         self.lb_proc: subprocess.Popen[bytes] | None = None
         self.haproxy_socket: Path | None = None
+        self.lb_maxconn: int | None = None
         self.sampler: Sampler | None = None
         self._signals: list[SignalSample] = []
         self._logs: list[LogLine] = []
@@ -397,7 +399,7 @@ class _Stack:
             "os_reserve_mib": v.os_reserve_mib, "swapfiles": [str(p) for p in self.swapfiles],
             "instances": {i.name: f"http://{i.host}:{i.port}" for i in self.instances},
             "deployment_id": self.id, "startup_s": round(time.time() - started, 3),
-            "startup_phases": phases,
+            "startup_phases": phases, "lb_maxconn": self.lb_maxconn,
         }
         return LocalDeployment(v, url, [i.name for i in self.instances], started, extra, self)
 
@@ -455,8 +457,15 @@ class _Stack:
         sock = self.socket_dir / "haproxy.sock"
         cfg = self.run_dir / "haproxy.cfg"
         targets = [haproxy.Target(i.name, i.host, i.port) for i in self.instances]
+        fd_hard = haproxy.fd_hard_limit()
+        self.lb_maxconn = haproxy.maxconn_for(fd_hard)
+        if self.lb_maxconn < haproxy.MAXCONN:
+            self._log(LogLine(time.time(), "supervisor:host",
+                              f"HAProxy maxconn {self.lb_maxconn} (not {haproxy.MAXCONN}): the "
+                              f"open-files hard limit is {fd_hard}"))
         cfg.write_text(haproxy.render_config(v, lb_host, LB_PORT, targets, sock,
-                                             dilation=self.backend.dilation))
+                                             dilation=self.backend.dilation,
+                                             maxconn=self.lb_maxconn))
         cg = self.layout.make(f"{CGROUP_PREFIX}{self.id}-lb")
         self.marker.cgroups += [str(p) for p in cg.paths]
         self.backend.state.save(self.marker)

@@ -11,6 +11,11 @@ Under time dilation d (cpu_scale s = 1/d) the health check's interval and timeou
 idle timeouts are stretched by d: a target that needs 3 s to answer `/health` on a slowed box
 would answer in 1 s on the real one, and must not be marked down for it. The thresholds
 (counts of checks) are not times and stay as configured.
+
+File descriptors: HAProxy needs two per connection (client and server side) plus a few of
+its own, and refuses to start when its hard `nofile` limit is below that (`Cannot raise FD
+limit to 8212, limit is 1024`). Many hosts hand processes a hard limit of 1024 or 4096, so
+`maxconn` is the ALB-like 4096 only where the hard limit allows it, else what fits.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import resource
 import shutil
 import socket
 from dataclasses import dataclass
@@ -29,6 +35,30 @@ from stacks.variant import Variant
 IDLE_TIMEOUT_S = 60
 """The ALB's default idle timeout."""
 BALANCE = {"round_robin": "roundrobin", "least_outstanding_requests": "leastconn"}
+MAXCONN = 4096
+"""Connections HAProxy accepts at once where the fd limit allows (more than any load here)."""
+FD_RESERVE = 64
+"""Descriptors HAProxy keeps for itself beyond two per connection (listeners, the stats
+socket, health checks, pollers): measured 20 with three targets on HAProxy 2.6."""
+MIN_MAXCONN = 64
+
+
+def fd_hard_limit() -> int | None:
+    """This process's hard `nofile` limit (HAProxy inherits it); None = unlimited."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return None if hard == resource.RLIM_INFINITY else hard
+
+
+def maxconn_for(fd_hard: int | None) -> int:
+    """The largest `maxconn` (at most MAXCONN) whose descriptors fit under `fd_hard`."""
+    if fd_hard is None:
+        return MAXCONN
+    fits = (fd_hard - FD_RESERVE) // 2
+    if fits < MIN_MAXCONN:
+        raise UserError(f"the open-files hard limit is {fd_hard}, too low for HAProxy (it needs "
+                        f"at least {2 * MIN_MAXCONN + FD_RESERVE}); raise it (ulimit -Hn, or "
+                        "LimitNOFILE= in the systemd unit) and run again.")
+    return min(MAXCONN, fits)
 
 
 @dataclass(frozen=True)
@@ -54,7 +84,8 @@ def _ms(seconds: float, dilation: float) -> str:
 
 
 def render_config(variant: Variant, bind_host: str, bind_port: int, targets: list[Target],
-                  stats_socket: Path, dilation: float = 1.0) -> str:
+                  stats_socket: Path, dilation: float = 1.0, maxconn: int | None = None) -> str:
+    """The config; `maxconn` defaults to what this process's hard fd limit allows."""
     if not dilation >= 1:
         raise ValueError(f"dilation must be >= 1, got {dilation}")
     hc = variant.health_check
@@ -62,7 +93,7 @@ def render_config(variant: Variant, bind_host: str, bind_port: int, targets: lis
     lines = [
         "global",
         f"    stats socket {stats_socket} mode 600 level admin",
-        "    maxconn 4096",
+        f"    maxconn {maxconn_for(fd_hard_limit()) if maxconn is None else maxconn}",
         "",
         "defaults",
         "    mode http",
