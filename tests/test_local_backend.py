@@ -171,6 +171,14 @@ def test_memory_hog_is_oom_killed_and_the_worker_replaced(backend: LocalBackend)
 def test_swap_variant_gets_a_swapfile_and_swaps_instead_of_dying(backend: LocalBackend) -> None:
     with backend.deployed(tiny(swap_mib=256)) as dep:
         assert dep.instances[0].cgroup.read_limits()["swap_bytes"] == 256 * MIB
+        v2 = dep.extra["cgroup_version"] == 2
+        # v2 cannot set the variant's swappiness (60): the host's applies, and the run says so
+        assert dep.extra["swappiness"] == {
+            "requested": 60, "applied": host_swappiness() if v2 else 60,
+            "how": "host vm.swappiness (cgroup v2 has no per-cgroup swappiness)" if v2
+            else "memory.swappiness"}
+        said = [t for t in texts(dep.observe(), "supervisor:host") if "swappiness" in t]
+        assert len(said) == (1 if v2 else 0), said
         created = [Path(p) for p in dep.extra["swapfiles"]]  # type: ignore[union-attr]
         for path in created:  # the host had too little swap: the seed's swapfile, on
             assert path in active_swapfiles() and oct(path.stat().st_mode)[-3:] == "600"

@@ -15,6 +15,7 @@ from experiments.backends.local.cgroups import (
     detect_layout,
     host_swappiness,
     prepare_v2_parent,
+    swappiness_applied,
 )
 from experiments.backends.local.credits import CreditBucket
 from experiments.backends.local.haproxy import MAXCONN, Target, maxconn_for, render_config
@@ -34,7 +35,9 @@ def _fake_v2(root: Path) -> None:
 def test_v2_limits_are_written_as_memory_max_swap_max_and_cpu_max(tmp_path: Path) -> None:
     cg = CgroupV2("scalelab-p1-abc-micro-i0", tmp_path)
     cg.create()
-    cg.set_limits(memory_bytes=674 * 1024 * 1024, swap_bytes=0, swappiness=60, cpu_cores=0.33)
+    applied = cg.set_limits(memory_bytes=674 * 1024 * 1024, swap_bytes=0, swappiness=60,
+                            cpu_cores=0.33)
+    assert (applied.applied, applied.note) == (host_swappiness(), None)  # no swap: moot
     assert (cg.path / "memory.max").read_text() == str(674 * 1024 * 1024)
     assert (cg.path / "memory.swap.max").read_text() == "0"
     assert (cg.path / "cpu.max").read_text() == "33000 100000"
@@ -229,3 +232,36 @@ def test_haproxy_maxconn_fits_the_open_files_hard_limit(tmp_path: Path) -> None:
     cfg = render_config(Variant(name="lb"), "127.9.9.1", 8080, [], tmp_path / "s.sock",
                         maxconn=480)
     assert "    maxconn 480\n" in cfg
+
+
+def test_v2_swappiness_is_explicit_the_hosts_applies_and_0_turns_swap_off(tmp_path: Path) -> None:
+    # v1 sets it per cgroup, silently right
+    v1 = swappiness_applied(1, 10, 256 * 1024 * 1024, host=60)
+    assert (v1.applied, v1.how, v1.note) == (10, "memory.swappiness", None)
+    # v2, a swap variant asking for another value than the host's: said, not hidden
+    other = swappiness_applied(2, 10, 256 * 1024 * 1024, host=60)
+    assert other.to_dict() == {"requested": 10, "applied": 60,
+                               "how": "host vm.swappiness (cgroup v2 has no per-cgroup "
+                                      "swappiness)"}
+    assert other.note is not None and "swappiness 10 is NOT applied" in other.note \
+        and "vm.swappiness (60)" in other.note
+    same = swappiness_applied(2, 60, 256 * 1024 * 1024, host=60)
+    assert same.applied == 60 and same.note is not None and "the same as the variant's" in \
+        same.note
+    unknown = swappiness_applied(2, 60, None, host=None)
+    assert unknown.applied is None and unknown.note is not None and "(unreadable)" in unknown.note
+    # no swap: swappiness changes nothing, nothing to say
+    assert swappiness_applied(2, 10, 0, host=60).note is None
+    # 0: v2's memory.swap.max 0, like v1's swappiness 0 in a cgroup
+    off = swappiness_applied(2, 0, 256 * 1024 * 1024, host=60)
+    assert (off.applied, off.how) == (0, "memory.swap.max 0") and off.note is not None
+    cg = CgroupV2("scalelab-p1-abc-swap-i0", tmp_path)
+    cg.create()
+    written = cg.set_limits(memory_bytes=100 * 1024 * 1024, swap_bytes=256 * 1024 * 1024,
+                            swappiness=0, cpu_cores=0.5)
+    assert written == off
+    assert (cg.path / "memory.swap.max").read_text() == "0"
+    assert not (cg.path / "memory.swappiness").exists()
+    cg.set_limits(memory_bytes=100 * 1024 * 1024, swap_bytes=256 * 1024 * 1024,
+                  swappiness=30, cpu_cores=0.5)
+    assert (cg.path / "memory.swap.max").read_text() == str(256 * 1024 * 1024)

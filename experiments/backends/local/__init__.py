@@ -295,6 +295,7 @@ class _Stack:
         self.lb_proc: subprocess.Popen[bytes] | None = None
         self.haproxy_socket: Path | None = None
         self.lb_maxconn: int | None = None
+        self.swappiness: dict[str, object] = {}
         self.sampler: Sampler | None = None
         self._signals: list[SignalSample] = []
         self._logs: list[LogLine] = []
@@ -371,7 +372,12 @@ class _Stack:
             # The sampler advances the bucket by wall seconds × this rate: the emulated clock.
             clock = emulated_seconds(1.0, b.dilation, b.time_compression)
             sampled = SampledInstance(name, cg, v.vcpu, b.cpu_scale, bucket, clock)
-            cg.set_limits(memory, v.swap_mib * MIB, v.swappiness, sampled.target_cores())
+            applied = cg.set_limits(memory, v.swap_mib * MIB, v.swappiness,
+                                    sampled.target_cores())
+            self.swappiness = applied.to_dict()
+            if applied.note and i == 0:  # one sentence per deployment, not per instance
+                self._log(LogLine(time.time(), "supervisor:host", applied.note))
+                print(f"scalelab: note: {v.name}: {applied.note}.", file=sys.stderr)
             data = self.run_dir / name / "data"
             appsetup.copy_data(cache, data)
             self.instances.append(Instance(name, host, INSTANCE_PORT, cg, data, sampled=sampled))
@@ -400,6 +406,7 @@ class _Stack:
             "instances": {i.name: f"http://{i.host}:{i.port}" for i in self.instances},
             "deployment_id": self.id, "startup_s": round(time.time() - started, 3),
             "startup_phases": phases, "lb_maxconn": self.lb_maxconn,
+            "swappiness": self.swappiness,
         }
         return LocalDeployment(v, url, [i.name for i in self.instances], started, extra, self)
 

@@ -76,6 +76,50 @@ def host_swappiness(proc_file: Path = Path("/proc/sys/vm/swappiness")) -> int | 
         return None
 
 
+@dataclass(frozen=True)
+class SwappinessApplied:
+    """What became of a variant's swappiness: v1 sets it per cgroup, v2 cannot.
+
+    On v2 the host's vm.swappiness governs every cgroup's reclaim (changing it would change the
+    whole host, so we never do). The one value v2 can honour is 0: under v1 a cgroup with
+    swappiness 0 never swaps its memory out, and `memory.swap.max 0` does the same on v2.
+    """
+
+    requested: int
+    applied: int | None
+    """The swappiness the kernel reclaims this cgroup by (None: the host's is unreadable)."""
+    how: str
+    note: str | None
+    """One sentence for the run's output when the variant's value is not what applies."""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"requested": self.requested, "applied": self.applied, "how": self.how}
+
+
+def swappiness_applied(version: int, requested: int, swap_bytes: int | None,
+                       host: int | None) -> SwappinessApplied:
+    """How `requested` is applied on cgroup `version` for a cgroup allowed `swap_bytes` swap."""
+    if version == 1:
+        return SwappinessApplied(requested, requested, "memory.swappiness", None)
+    if requested == 0:
+        note = None if swap_bytes == 0 else (
+            "cgroup v2 has no per-cgroup swappiness; swappiness 0 is applied as memory.swap.max "
+            "0 (no swap for this instance, as cgroup v1's swappiness 0 would do)")
+        return SwappinessApplied(0, 0, "memory.swap.max 0", note)
+    how = "host vm.swappiness (cgroup v2 has no per-cgroup swappiness)"
+    if swap_bytes == 0:  # nothing to swap to: swappiness changes nothing
+        return SwappinessApplied(requested, host, how, None)
+    shown = "unreadable" if host is None else str(host)
+    if host == requested:
+        note = (f"cgroup v2 has no per-cgroup swappiness; the host's vm.swappiness ({shown}, "
+                "the same as the variant's) applies")
+    else:
+        note = (f"cgroup v2 has no per-cgroup swappiness; the variant's swappiness {requested} "
+                f"is NOT applied, the host's vm.swappiness ({shown}) is (sysctl "
+                f"vm.swappiness={requested} would match it, for the whole host)")
+    return SwappinessApplied(requested, host, how, note)
+
+
 class InstanceCgroup:
     """The cgroup(s) of one instance; subclasses know the file names of one cgroup version."""
 
@@ -101,7 +145,8 @@ class InstanceCgroup:
         return [p / "cgroup.procs" for p in self.paths]
 
     def set_limits(self, memory_bytes: int | None, swap_bytes: int | None, swappiness: int,
-                   cpu_cores: float | None) -> None:
+                   cpu_cores: float | None) -> SwappinessApplied:
+        """Memory, swap and CPU limits; says how `swappiness` could be applied here."""
         raise NotImplementedError
 
     def set_cpu(self, cpu_cores: float | None) -> None:
@@ -176,7 +221,7 @@ class CgroupV1(InstanceCgroup):
         return list(dict.fromkeys([self.memory, self.cpu, self.cpuacct]))
 
     def set_limits(self, memory_bytes: int | None, swap_bytes: int | None, swappiness: int,
-                   cpu_cores: float | None) -> None:
+                   cpu_cores: float | None) -> SwappinessApplied:
         m = self.memory
         _write(m / "memory.oom_control", 0)  # the kernel must kill, as on a real instance
         _write(m / "memory.swappiness", swappiness)
@@ -195,6 +240,7 @@ class CgroupV1(InstanceCgroup):
                 _write(m / "memory.limit_in_bytes", memory_bytes)
                 _write(memsw_file, memsw)
         self.set_cpu(cpu_cores)
+        return swappiness_applied(1, swappiness, swap_bytes, None)
 
     def set_cpu(self, cpu_cores: float | None) -> None:
         _write(self.cpu / "cpu.cfs_period_us", CPU_PERIOD_US)
@@ -244,15 +290,18 @@ class CgroupV2(InstanceCgroup):
         return [self.path]
 
     def set_limits(self, memory_bytes: int | None, swap_bytes: int | None, swappiness: int,
-                   cpu_cores: float | None) -> None:
+                   cpu_cores: float | None) -> SwappinessApplied:
         p = self.path
+        applied = swappiness_applied(2, swappiness, swap_bytes, host_swappiness())
+        if swappiness == 0:  # v2's only way to honour it (see SwappinessApplied)
+            swap_bytes = 0
         _write(p / "memory.max", "max" if memory_bytes is None else memory_bytes)
         _write(p / "memory.swap.max", "max" if swap_bytes is None else swap_bytes)
-        # v2 has no per-cgroup swappiness (the host's vm.swappiness applies); oom.group stays 0
-        # so the kernel kills one process (a worker), not the whole instance.
+        # oom.group stays 0 so the kernel kills one process (a worker), not the whole instance.
         with contextlib.suppress(UserError):
             _write(p / "memory.oom.group", 0)
         self.set_cpu(cpu_cores)
+        return applied
 
     def set_cpu(self, cpu_cores: float | None) -> None:
         quota = "max" if cpu_cores is None else str(quota_us(cpu_cores))
