@@ -18,8 +18,12 @@
 # ours; the VM is always powered off (QEMU killed if need be), also on Ctrl-C.
 #
 # Nothing of the host's cgroups, mounts or sysctls is touched. Building needs root (debootstrap
-# and chroot) and apt; running needs only qemu-system-x86_64. Debian packages: qemu-system-x86,
-# debootstrap, busybox-static, cpio, kmod, e2fsprogs.
+# and chroot) and apt; running needs only qemu-system-x86_64, as any user. Debian packages:
+# qemu-system-x86, debootstrap, busybox-static, cpio, kmod, e2fsprogs.
+#
+# The cache is the invoking user's: `sudo cgroup2-vm.sh build` builds into SUDO_USER's
+# ~/.cache (owned by that user, but for the rootfs, whose files stay root's as the guest needs
+# them), so that the same user's `cgroup2-vm.sh test` without sudo finds it.
 #
 # Environment: SCALELAB_VM_CACHE (default ~/.cache/scalelab/cgroup2-vm), SCALELAB_VM_MEM_MIB
 # (3072), SCALELAB_VM_CPUS (2), SCALELAB_VM_TIMEOUT_S (3600), SCALELAB_VM_MIRROR (the apt
@@ -29,7 +33,16 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 checkout="$(cd "$here/.." && pwd)"
 helpers="$here/cgroup2-vm"
-cache="${SCALELAB_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/scalelab/cgroup2-vm}"
+# Under sudo, the user who typed it owns the cache (root's own ~/.cache would be a second cache
+# that the user's runs without sudo never see).
+owner=""
+if [ "$(id -u)" -eq 0 ] && [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
+  owner="$SUDO_USER"
+  user_home="$(getent passwd "$owner" | cut -d: -f6)"
+  cache="${SCALELAB_VM_CACHE:-$user_home/.cache/scalelab/cgroup2-vm}"
+else
+  cache="${SCALELAB_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/scalelab/cgroup2-vm}"
+fi
 mem_mib="${SCALELAB_VM_MEM_MIB:-3072}"
 cpus="${SCALELAB_VM_CPUS:-2}"
 timeout_s="${SCALELAB_VM_TIMEOUT_S:-3600}"
@@ -189,12 +202,31 @@ build_rootfs() {
   echo "$want" > "$stamp"
 }
 
-build() {
+# Make the cache directory; under sudo, each level it creates belongs to the invoking user.
+make_cache_dir() {
+  local missing=() d="$cache"
+  while [ ! -d "$d" ]; do missing=("$d" "${missing[@]}"); d="$(dirname "$d")"; done
   mkdir -p "$cache"
+  [ -n "$owner" ] && [ "${#missing[@]}" -gt 0 ] && chown "$owner:" "${missing[@]}"
+  return 0
+}
+
+# Under sudo: hand what was built to the invoking user, but for the rootfs's contents (the
+# guest must see them owned as debootstrap made them; the user's QEMU only reads them).
+give_cache_to_owner() {
+  [ -n "$owner" ] || return 0
+  chown "$owner:" "$cache"
+  find "$cache" -mindepth 1 -maxdepth 1 ! -name rootfs ! -name rootfs.new \
+    -exec chown -R "$owner:" {} +
+}
+
+build() {
+  make_cache_dir
   local t0=$SECONDS
   build_kernel
   build_rootfs
   build_initrd
+  give_cache_to_owner
   [ $((SECONDS - t0)) -gt 1 ] && say "built in $((SECONDS - t0)) s ($cache)"
   return 0
 }
@@ -281,7 +313,9 @@ main() {
     build) build ;;
     run) shift; run "$@" ;;
     test) shift; run bash scripts/cgroup2-vm/suite.sh "$@" ;;
-    clean) rm -rf "$cache" ;;
+    clean)
+      rm -rf "$cache" 2>/dev/null \
+        || die "cannot delete all of $cache (its rootfs belongs to root); run 'sudo $0 clean'." ;;
     *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   esac
 }

@@ -29,6 +29,8 @@ main() {
   mkdir -m 1777 /var/tmp/tmp
   chmod 1777 /var/tmp
   step mount --bind /var/tmp/tmp /tmp
+  # root's home is mode 700 in the rootfs: a QEMU run by a user cannot read it over 9p.
+  step mount -t tmpfs -o mode=700 roothome /root
   hostname cgroup2-vm
 
   # shellcheck disable=SC1091  # written by cgroup2-vm.sh for each run
