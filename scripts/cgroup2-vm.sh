@@ -148,12 +148,13 @@ import sys, tomllib
 meta = tomllib.load(open(sys.argv[1], "rb"))["project"]
 print("\n".join(meta["dependencies"] + meta["optional-dependencies"]["test"]))
 EOF
-  "$py" -m pip download -q --log "$dest.log" -d "$dest" --only-binary=:all: --python-version 3.11 \
+  # pip's --log appends verbosely (100 MB a build); its quiet output says what failed.
+  "$py" -m pip download -q -d "$dest" --only-binary=:all: --python-version 3.11 \
     --implementation cp --abi cp311 --abi abi3 --abi none \
     --platform manylinux_2_36_x86_64 --platform manylinux_2_28_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 --platform any \
-    -r "$dest.reqs" setuptools wheel pip >/dev/null 2>&1
+    -r "$dest.reqs" setuptools wheel pip >"$dest.log" 2>&1
 }
 
 build_rootfs() {
