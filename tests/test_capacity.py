@@ -401,3 +401,21 @@ def test_a_failed_aim_steps_back_just_under_it() -> None:
     assert server.offered[2] == pytest.approx(0.85 * aim, rel=0.01)
     assert len(server.offered) <= 5
     assert (server.limit - result.capacity_rps) / server.limit <= 0.05
+
+
+def test_pct_of_cpu_bound_compares_the_served_throughput() -> None:
+    """An offered rate can exceed what the box served: the bound (a throughput) is compared
+    with the achieved rate at capacity, so a full box reads <= 100 %, not 102 %."""
+    from experiments.load.capacity import CapacityResult
+
+    at = replace(SLO.judge(step(42.5, achieved=41.2)), phase="confirm")
+    higher = SLO.judge(step(44.0))  # a short search step the confirmation then failed
+    result = CapacityResult(42.5, 100.0, [SLO.judge(step(8.0)), higher, at], (42.5, 45.0),
+                            confirmed=True, demand_cpu_s=0.0079, cpu_limit_cores=0.33,
+                            cpu_bound_rps=0.33 / 0.0079)
+    assert result.achieved_rps == 41.2
+    assert result.pct_of_cpu_bound == pytest.approx(100 * 41.2 * 0.0079 / 0.33)
+    assert result.pct_of_cpu_bound < 100 < 100 * 42.5 * 0.0079 / 0.33
+    assert result.bound_sentence() == ("42.5 req/s = 99 % of the CPU bound (served 41.2 of "
+                                       "41.8 req/s = 0.33 cores / 7.9 ms CPU per request)")
+    assert result.summary_fields()["capacity_pct_of_cpu_bound"] == 98.6

@@ -17,6 +17,7 @@ from PIL import Image
 
 from experiments.cli import main
 from experiments.errors import UserError
+from experiments.model import StepResult
 from experiments.report import build_report
 
 FIXTURE = RUN_FIXTURE
@@ -199,3 +200,48 @@ def test_an_aws_run_says_its_credit_metrics_are_five_minute() -> None:
 
     assert AWS_SIGNALS_NOTE in run_context({"backend": "aws"}, {})
     assert AWS_SIGNALS_NOTE not in run_context({"backend": "local", "cpu_scale": 0.33}, {})
+
+
+def test_cpu_bound_sentence_and_capacity_interval_in_the_report(tmp_path: Path) -> None:
+    """summary.json's CPU-bound figures become one sentence on the page and in summary.md; a
+    `--repeat` interval is drawn as a band on the rate chart and an error bar on the cost chart."""
+    from matplotlib.patches import Polygon, Rectangle
+
+    from experiments.report import plots
+    from experiments.report.tables import variant_rows
+    from experiments.results import RunStore
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    path = run / "micro" / "result.json"
+    data = json.loads(path.read_text())
+    data.update(capacity_rps=12.0, capacity_runs=[11.0, 12.0, 12.5], capacity_ci95=[10.5, 13.5],
+                cpu_bound_rps=13.0, demand_cpu_ms=25.0, capacity_pct_of_cpu_bound=91.5)
+    path.write_text(json.dumps(data))
+    build_report(run)
+    sentence = "12 req/s = 92 % of the CPU bound (served 11.9 of 13 req/s = 0.33 cores / 25 ms"
+    md = (run / "summary.md").read_text()
+    assert "## Capacity and the CPU bound" in md and f"- micro: {sentence}" in md
+    html = (run / "report.html").read_text()
+    assert html.count(sentence) == 2  # the summary list and micro's card
+    assert "micro-swap: " not in md.split("## Capacity and the CPU bound")[1].split("##")[0]
+
+    store = RunStore.open(run)
+    steps = [StepResult.from_dict({"p50_ms": 0.0, "p99_ms": 0.0, "error_rate": 0.0, **s})
+             for s in store.load_json("micro", "steps.json")]
+    fig = plots.rate_figure("micro", steps, 500.0, 12.0, (10.5, 13.5))
+    for ax in fig.axes:
+        bands = [p for p in ax.patches if isinstance(p, (Polygon, Rectangle))]
+        spans = [(min(x for x, _ in b.get_xy()), max(x for x, _ in b.get_xy())) if
+                 isinstance(b, Polygon) else (b.get_x(), b.get_x() + b.get_width())
+                 for b in bands]
+        assert any(lo == pytest.approx(10.5) and hi == pytest.approx(13.5) for lo, hi in spans)
+    assert not [p for ax in plots.rate_figure("micro", steps, 500.0, 12.0).axes
+                for p in ax.patches]
+
+    rows = variant_rows(store.write_summary())
+    cost = plots.cost_capacity_figure(rows, None)
+    bars = [c for c in cost.axes[0].containers if c.has_yerr]
+    assert len(bars) == 1  # only micro has an interval
+    segments = bars[0].lines[2][0].get_segments()
+    assert [tuple(p[1] for p in seg) for seg in segments] == [pytest.approx((10.5, 13.5))]

@@ -5,12 +5,15 @@ The search (what the report calls "capacity"):
 1. Grow from `start_rps`. Each step that reports the deployment's CPU time (`server_cpu_s`)
    gives the *service demand* D = CPU-seconds per request. With the CPU limit C (cores) the
    utilization law bounds the throughput: X <= C / D (the *CPU bound*). Once D is known the
-   search aims there instead of growing blindly: next it offers `AIM` (90 %) of the bound,
-   then the bound itself. A bound that turns out pessimistic (both pass) hands over to small
-   steps (x1.15); without a CPU signal (AWS) it is plain growth (x`growth`) throughout.
-2. Bisect between the highest passing and the lowest failing rate until
-   (fail - pass) / pass <= `precision` (5 %). After a failed aim the first probe is 85 % of it
-   rather than halfway back to the low first step.
+   search aims there instead of growing blindly: next it offers `AIM` (90 %) of the bound.
+   If that passes, the bound was pessimistic (a demand measured at low load carries idle
+   housekeeping and cold caches): the search grows by x`BRACKET` (1.2), or straight to 90 %
+   of the bound refreshed from the last passing step if that is further, until a step fails.
+   Without a CPU signal (AWS) it is plain growth (x`growth`) throughout.
+2. Bisect geometrically between the highest passing and the lowest failing rate until
+   (fail - pass) / pass <= `precision` (5 %): from a x1.2 bracket that is two steps. After a
+   failed aim the probes step back by x`STEP_BACK` (0.85) from the failure until the bracket
+   is that narrow, rather than halving back towards the low first step.
 3. If the very first step fails, halve the rate until a step passes or the rate falls below
    `MIN_RPS`, then bisect as above; if nothing passes, capacity is 0.
 4. Confirm: hold the found rate longer than a search step (`confirm`). If that fails, step
@@ -38,9 +41,13 @@ MIN_RPS = 0.5
 """Below this an open-model step holds too few arrivals to say anything."""
 AIM = 0.9
 """First guided probe, as a fraction of the CPU bound: queues grow without limit at 100 %."""
-BEYOND_BOUND_GROWTH = 1.15
+BRACKET = 1.2
+"""After a passing aim the search grows by x1.2 until a step fails: two geometric bisections
+then reach the 5 % precision (1.2 ** (1/4) = 1.047). On the shop a bound that proved
+pessimistic was 2-60 % low; the old x1.15 creep took four steps to cross 1.6x."""
 STEP_BACK = 0.85
-"""After a failed aim at the CPU bound the next probe is 85 % of the failed rate."""
+"""After a failed aim at the CPU bound the next probes are 85 % of the lowest failed rate,
+until the bracket is narrow enough to bisect."""
 MAX_CONFIRMATIONS = 3
 MIN_DEMAND_REQUESTS = 20
 MIN_DEMAND_CPU_S = 0.02
@@ -80,11 +87,23 @@ class CapacityResult:
     """Utilization-law bound: cpu_limit_cores / demand_cpu_s."""
 
     @property
+    def achieved_rps(self) -> float | None:
+        """Throughput served at capacity (the step `step_at_capacity` names): what the CPU
+        bound, itself a throughput, is compared with. An offered rate can exceed what was
+        served, so a percentage of offered could read above 100 % on a box that was full."""
+        from experiments.model import step_at_capacity
+
+        at = step_at_capacity(self.steps)
+        return None if at is None else at.achieved_rps
+
+    @property
     def pct_of_cpu_bound(self) -> float | None:
-        """Capacity as a percentage of the CPU bound (None without a CPU signal)."""
-        if not self.cpu_bound_rps:
+        """Achieved throughput at capacity as a percentage of the CPU bound (None without a
+        CPU signal)."""
+        achieved = self.achieved_rps
+        if not self.cpu_bound_rps or achieved is None:
             return None
-        return 100.0 * self.capacity_rps / self.cpu_bound_rps
+        return 100.0 * achieved / self.cpu_bound_rps
 
     def summary_fields(self) -> dict[str, Any]:
         """The search's extras for summary.json (VariantSummary's fields of the same names)."""
@@ -98,14 +117,24 @@ class CapacityResult:
         }
 
     def bound_sentence(self) -> str:
-        """E.g. '31 req/s = 91 % of the CPU bound (34 req/s = 0.25 cores / 7.3 ms CPU per
-        request)', or '' without a CPU signal."""
-        pct = self.pct_of_cpu_bound
-        if pct is None or self.demand_cpu_s is None or self.cpu_bound_rps is None:
-            return ""
-        return (f"{self.capacity_rps:g} req/s = {pct:.0f} % of the CPU bound "
-                f"({self.cpu_bound_rps:.3g} req/s = {self.cpu_limit_cores:.3g} cores / "
-                f"{1000 * self.demand_cpu_s:.2g} ms CPU per request)")
+        """E.g. '31 req/s = 91 % of the CPU bound (served 31.2 of 34.3 req/s = 0.25 cores /
+        7.3 ms CPU per request)', or '' without a CPU signal."""
+        return bound_sentence(self.capacity_rps, self.pct_of_cpu_bound, self.cpu_bound_rps,
+                              None if self.demand_cpu_s is None else 1000 * self.demand_cpu_s)
+
+
+def bound_sentence(capacity_rps: float | None, pct_of_cpu_bound: float | None,
+                   cpu_bound_rps: float | None, demand_cpu_ms: float | None) -> str:
+    """The CPU-bound sentence from summary.json's own fields (console, report page alike);
+    '' when any of them is unknown."""
+    if (capacity_rps is None or pct_of_cpu_bound is None or not cpu_bound_rps
+            or not demand_cpu_ms):
+        return ""
+    served = pct_of_cpu_bound * cpu_bound_rps / 100
+    cores = cpu_bound_rps * demand_cpu_ms / 1000
+    return (f"{capacity_rps:g} req/s = {pct_of_cpu_bound:.0f} % of the CPU bound (served "
+            f"{served:.3g} of {cpu_bound_rps:.3g} req/s = {cores:.2g} cores / "
+            f"{demand_cpu_ms:.2g} ms CPU per request)")
 
 
 def _round_rate(rate: float) -> float:
@@ -164,29 +193,29 @@ def find_capacity(
     def bound() -> float | None:
         return cpu_limit_cores / demand if cpu_limit_cores and demand else None
 
-    def next_rate(rate: float) -> float:
-        """Guided growth: 90 % of the bound, then the bound, then small steps beyond it."""
+    def next_rate(rate: float, aimed: bool) -> float:
+        """Guided growth: 90 % of the bound first; once it passed, steps of x`BRACKET` (or to
+        90 % of the refreshed bound, if that is further, but never beyond x`growth`)."""
         upper = bound()
-        minimum = rate * (1 + 2 * precision)
         if upper is None:
             return _round_rate(rate * growth)
-        for target in (AIM * upper, upper):
-            if target >= minimum:
-                return _round_rate(target)
-        # The bound passed: the demand was overestimated at low load, but not by much (the
-        # estimate is refreshed at every pass). Overshooting by x1.5 here would queue a
-        # backlog for nothing.
-        return _round_rate(rate * min(growth, BEYOND_BOUND_GROWTH))
+        aim = AIM * upper
+        if not aimed and aim >= rate * (1 + 2 * precision):
+            return _round_rate(aim)
+        # The aim passed: the demand measured at low load overstated the real one (idle
+        # housekeeping, cold caches). Find the failing side in big steps, then bisect.
+        return _round_rate(min(rate * growth, max(rate * BRACKET, aim)))
 
-    # 1. grow
+    # 1. grow: the first step measures the demand, the second aims at 90 % of the bound
     rate = _round_rate(start_rps)
-    aimed = False  # the last rate came from the CPU bound
+    aimed = False  # a step aimed at the CPU bound was run
     while budget():
         step = run(rate)
         if not step.passed:
             break
-        rate = next_rate(rate)
-        aimed = bound() is not None
+        had_bound = bound() is not None
+        rate = next_rate(rate, aimed)
+        aimed = aimed or had_bound
 
     # 3. first step failed (not invalid): walk down
     if best is None and saturated_rps is None and fail_rps is not None:
@@ -195,18 +224,15 @@ def find_capacity(
             rate = _round_rate(rate / 2)
             run(rate)
 
-    # 2. bisect
+    # 2. bisect (geometric: the bracket is a ratio). A failure far above the last pass (a
+    # failed aim at the bound) is bracketed from above first: capacity is rarely far below
+    # the bound, so step back by x`STEP_BACK` rather than halving towards the first step.
     while budget() and best is not None and fail_rps is not None:
         low, high = best.offered_rps, fail_rps
         if (high - low) / low <= precision:
             break
-        mid = (low + high) / 2
-        if aimed:
-            # A failed aim at the bound: capacity is rarely far below it, so look just under
-            # the failure first instead of halfway back to the low starting step.
-            mid = max(mid, STEP_BACK * high)
-            aimed = False
-        mid = _round_rate(mid)
+        wide = aimed and high / low > 1 / STEP_BACK ** 2
+        mid = _round_rate(STEP_BACK * high if wide else (low * high) ** 0.5)
         if mid <= low or mid >= high:
             break
         run(mid)

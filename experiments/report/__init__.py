@@ -81,12 +81,23 @@ def _variant_view(store: RunStore, entry: dict[str, Any], row: dict[str, Any],
         "name": name, **_row_view(row),
         "failure_summary": failure.summary or row["failure_summary"],
         "evidence": failure.evidence or row["evidence"],
-        "rate_chart": _b64(plots.rate_chart(name, steps, slo_p95, entry.get("capacity_rps")))
+        "rate_chart": _b64(plots.rate_chart(name, steps, slo_p95, entry.get("capacity_rps"),
+                                            _interval(entry.get("capacity_ci95"))))
         if steps else None,
+        "cpu_bound": row.get("cpu_bound_sentence") or "",
         "timeline_chart": _b64(plots.timeline_chart(name, signals, failure.at,
                                                     _phases(steps, survival)))
         if signals else None,
     }
+
+
+def _interval(raw: Any) -> tuple[float, float] | None:
+    """summary.json's `capacity_ci95` ([low, high]) as numbers; None when absent or odd."""
+    try:
+        low, high = (float(x) for x in raw)
+    except (TypeError, ValueError):
+        return None
+    return (low, high) if low <= high else None
 
 
 def _row_view(r: dict[str, Any], burst: bool = False) -> dict[str, Any]:
@@ -149,6 +160,7 @@ def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, A
         emulated=summary.get("backend") == "local", cpu_scale=summary.get("cpu_scale"),
         rows=[_row_view(r, burst) for r in rows], best=best,
         best_basis="burst" if burst else "sustained", burst_lines=tables.burst_lines(rows),
+        cpu_bound_lines=tables.cpu_bound_lines(rows), cpu_bound_note=tables.CPU_BOUND_NOTE,
         estimated=any(r.get("aws_capacity_rps") is not None for r in rows)
         and summary.get("backend") != "aws",
         aws_assumptions=tables.aws_assumptions(rows),

@@ -56,13 +56,23 @@ def _ms_label(value: float, _pos: int) -> str:
 
 
 def rate_chart(name: str, steps: Sequence[StepResult], slo_p95_ms: float,
-               capacity_rps: float | None) -> bytes:
-    """Achieved rate and p95 against offered rate: where the box stops keeping up."""
+               capacity_rps: float | None,
+               capacity_ci95: tuple[float, float] | None = None) -> bytes:
+    """Achieved rate and p95 against offered rate: where the box stops keeping up. With
+    `run --repeat`, the capacity's 95 % interval is a band around its line."""
+    return png(rate_figure(name, steps, slo_p95_ms, capacity_rps, capacity_ci95))
+
+
+def rate_figure(name: str, steps: Sequence[StepResult], slo_p95_ms: float,
+                capacity_rps: float | None,
+                capacity_ci95: tuple[float, float] | None = None) -> Figure:
+    """rate_chart's figure (tests inspect what it draws)."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.5, 3.4))
     ordered = sorted(steps, key=lambda s: s.offered_rps)
     offered = [s.offered_rps for s in ordered]
     colors = [PASS if s.passed else FAIL for s in ordered]
-    top = max(offered + [s.achieved_rps for s in ordered] + [1.0]) * 1.08
+    top = max(offered + [s.achieved_rps for s in ordered] + [1.0]
+              + ([capacity_ci95[1]] if capacity_ci95 else [])) * 1.08
     ax1.plot([0, top], [0, top], ls=":", color="#9aa5b1", lw=1, label="achieved = offered")
     ax1.plot(offered, [s.achieved_rps for s in ordered], color=INK, lw=1.2, alpha=0.6)
     ax1.scatter(offered, [s.achieved_rps for s in ordered], c=colors, s=34, zorder=3)
@@ -85,6 +95,12 @@ def rate_chart(name: str, steps: Sequence[StepResult], slo_p95_ms: float,
     for ax in (ax1, ax2):
         if capacity_rps:
             ax.axvline(capacity_rps, color=ACCENT, lw=1.2, alpha=0.8)
+        if capacity_ci95:
+            ax.axvspan(*capacity_ci95, color=ACCENT, alpha=0.15, lw=0)
+    if capacity_ci95:
+        ax1.fill_between([], [], color=ACCENT, alpha=0.15,
+                         label=f"capacity 95 % interval {capacity_ci95[0]:.1f}–"
+                               f"{capacity_ci95[1]:.1f}")
     ax1.scatter([], [], c=PASS, s=30, label="step passed")
     ax1.scatter([], [], c=FAIL, s=30, label="step failed")
     if capacity_rps:
@@ -93,7 +109,7 @@ def rate_chart(name: str, steps: Sequence[StepResult], slo_p95_ms: float,
     ax1.legend(loc="upper left")
     ax2.legend(loc="upper left", ncol=3)
     fig.tight_layout()
-    return png(fig)
+    return fig
 
 
 def timeline_chart(name: str, signals: Sequence[SignalSample], failure_at: float | None,
@@ -163,11 +179,19 @@ def cost_capacity_chart(rows: Sequence[dict[str, Any]], best: str | None,
 
     With a cpu_scale (local runs) a right-hand axis reads the same points as AWS-equivalent
     capacity (× 1/cpu_scale, experiments/estimate.py), so the chart needs no second set of dots.
+    With `run --repeat`, each capacity has an error bar: its 95 % interval.
     """
+    return png(cost_capacity_figure(rows, best, cpu_scale))
+
+
+def cost_capacity_figure(rows: Sequence[dict[str, Any]], best: str | None,
+                         cpu_scale: float | None = None) -> Figure:
+    """cost_capacity_chart's figure (tests inspect what it draws)."""
     fig, ax = plt.subplots(figsize=(7.6, 4.4))
     points = [r for r in rows if r.get("hourly_usd") and r.get("capacity_rps") is not None]
     xmax = max([r["hourly_usd"] for r in points] + [0.01]) * 1.3
-    ymax = max([r["capacity_rps"] for r in points] + [1.0]) * 1.3
+    ymax = max([r["capacity_rps"] for r in points]
+               + [r.get("capacity_ci95_high") or 0.0 for r in points] + [1.0]) * 1.3
     if best:
         b = next(r for r in points if r["variant"] == best)
         slope = b["capacity_rps"] / b["hourly_usd"]
@@ -181,6 +205,11 @@ def cost_capacity_chart(rows: Sequence[dict[str, Any]], best: str | None,
                    and abs(o["hourly_usd"] - r["hourly_usd"]) < 0.06 * xmax
                    and abs(o["capacity_rps"] - r["capacity_rps"]) < 0.12 * ymax]
         below = any(o["capacity_rps"] > r["capacity_rps"] for o in crowded)
+        low, high = r.get("capacity_ci95_low"), r.get("capacity_ci95_high")
+        if low is not None and high is not None and low <= r["capacity_rps"] <= high:
+            ax.errorbar(r["hourly_usd"], r["capacity_rps"], capsize=4, lw=1.2, zorder=2,
+                        yerr=[[r["capacity_rps"] - low], [high - r["capacity_rps"]]],
+                        color=variant_color(r["variant"], i), alpha=0.8)
         ax.scatter(r["hourly_usd"], r["capacity_rps"], s=260 if is_best else 90,
                    marker="*" if is_best else "o", color=variant_color(r["variant"], i),
                    edgecolor=INK if is_best else "white", linewidth=1.2, zorder=3)
@@ -207,4 +236,4 @@ def cost_capacity_chart(rows: Sequence[dict[str, Any]], best: str | None,
         ax.text(0.01, 0.98, f"★ most capacity per dollar: {best}", transform=ax.transAxes,
                 va="top", color=PASS, fontweight="bold")
     fig.tight_layout()
-    return png(fig)
+    return fig

@@ -10,6 +10,7 @@ import csv
 import io
 from typing import Any
 
+from experiments.load.capacity import bound_sentence
 from experiments.results import VariantSummary
 
 CSV_COLUMNS = [
@@ -60,6 +61,8 @@ def variant_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "capacity_ci95_high": v.capacity_ci95[1] if v.capacity_ci95 else None,
             "capacity_rsd": v.capacity_rsd,
             "capacity_runs": " ".join(f"{r:g}" for r in v.capacity_runs) or None,
+            "cpu_bound_sentence": bound_sentence(v.capacity_rps, v.capacity_pct_of_cpu_bound,
+                                                 v.cpu_bound_rps, v.demand_cpu_ms),
             **aws_fields(v.aws_estimate),
         })
     return rows
@@ -134,6 +137,19 @@ def burst_lines(rows: list[dict[str, Any]]) -> list[str]:
             out.append(f"{r['variant']}: {r['runway_text']}"
                        + (f" (sustained {src})" if src in ("measured", "estimated") else ""))
     return out
+
+
+def cpu_bound_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per variant with a CPU signal: `micro: 57 req/s = 92 % of the CPU bound`."""
+    return [f"{r['variant']}: {r['cpu_bound_sentence']}" for r in rows
+            if r.get("cpu_bound_sentence")]
+
+
+CPU_BOUND_NOTE = ("The CPU bound is the utilization law's limit: the CPU the box may use ÷ the "
+                  "CPU time one request took (measured in the search). Near 100 % the box ran "
+                  "out of CPU; far below, of something else (workers, memory, a lock, the "
+                  "database); above 100 %, the demand measured at low load overstated the one "
+                  "at capacity.")
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -247,6 +263,10 @@ def to_markdown(summary: dict[str, Any], rows: list[dict[str, Any]],
     lines = burst_lines(rows)
     if lines:
         out += ["", "## Burst vs sustained (CPU credits)", ""] + [f"- {line}" for line in lines]
+    lines = cpu_bound_lines(rows)
+    if lines:
+        out += ["", "## Capacity and the CPU bound", "", CPU_BOUND_NOTE, ""]
+        out += [f"- {line}" for line in lines]
     out += ["", "## Why each variant failed", ""]
     for r in rows:
         out.append(f"### {r['variant']}: `{r['failure_kind']}`")
