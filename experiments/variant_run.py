@@ -38,6 +38,7 @@ from experiments.load.survival import (
     first_worker_loss_s,
     run_survival_rate,
     with_worker_loss,
+    worker_loss_watch,
 )
 from experiments.model import Failure, Observations, Slo, StepResult, SurvivalResult
 from experiments.report.progress import VariantProgress
@@ -189,7 +190,8 @@ class VariantRun:
         with LoadSession(deployment.url, self._load(weight)) as load:
             survival = load.survival(0, limit_s, offered_rps=rate, dilation=self.dilation,
                                      hazard_path=hazard, hazard_rps=1 / every_s,
-                                     on_tick=self.view.at)
+                                     on_tick=self.view.at,
+                                     server_failed=worker_loss_watch(deployment.logs_since))
         self.store.save_json(self.variant.name, "survival-clients.json", survival.to_dict())
         return survival
 

@@ -49,3 +49,54 @@ def test_survival_rejects_bad_open_model_input(url: str) -> None:
             session.survival(users=0, limit_s=2, offered_rps=0)
         with pytest.raises(UserError, match="must start with '/'"):
             session.survival(users=0, limit_s=2, offered_rps=5, hazard_path="x", hazard_rps=1)
+
+
+def test_survival_stops_at_the_servers_first_worker_loss(url: str) -> None:
+    """A worker loss the server logged ends the load a tail later (not at the limit), judged
+    by that line; the next survival test on the same session is not cut short by the stop."""
+    import time
+
+    from experiments.load.survival import worker_loss_watch
+    from experiments.model import LogLine
+
+    logs: list[LogLine] = []
+    start = time.time()
+
+    def feed(since: float) -> list[LogLine]:
+        if not logs and time.time() - start > 2.0:  # the kernel kills a worker 2 s in
+            logs.append(LogLine(time.time(), "kernel:i0", "memory cgroup out of memory: "
+                                "oom_kill counter 0 -> 1 in i0"))
+        return [x for x in logs if x.t >= since]
+
+    with LoadSession(url, LoadSettings(PING)) as session:
+        took = time.monotonic()
+        stopped = session.survival(users=0, limit_s=30, offered_rps=20,
+                                   server_failed=worker_loss_watch(feed, start, tail_s=1.0))
+        took = time.monotonic() - took
+        after = session.survival(users=0, limit_s=3, offered_rps=20)
+    assert took < 10, f"the survival test ran {took:.0f} s after the worker loss"
+    assert not stopped.held and "the server lost a worker (kernel:i0: memory cgroup" in \
+        stopped.reason and "clients saw it hold" in stopped.reason
+    assert 1.5 <= stopped.seconds <= 3.5 and stopped.failed_at == pytest.approx(logs[0].t,
+                                                                                abs=0.1)
+    assert len(stopped.timeline) >= 3  # the load ran past the loss: signals cover it
+    assert after.held and after.seconds == 3
+
+
+def test_worker_loss_watch_waits_for_the_tail_and_ignores_older_losses() -> None:
+    from experiments.load.survival import worker_loss_watch
+    from experiments.model import LogLine
+
+    now = [100.0]
+    lines = [LogLine(90.0, "gunicorn:i0", "[CRITICAL] WORKER TIMEOUT (pid:7)"),  # before
+             LogLine(101.0, "gunicorn:i0", "Booting worker with pid: 8"),
+             LogLine(102.0, "kernel:i0", "Killed process 8 (gunicorn)")]
+    watch = worker_loss_watch(lambda t: [x for x in lines if x.t >= t and x.t <= now[0]], 95.0,
+                              tail_s=2.0, clock=lambda: now[0])
+    assert watch() is None
+    now[0] = 103.0
+    assert watch() is None  # lost 1 s ago: the signals after it are still coming
+    now[0] = 104.0
+    line = watch()
+    assert line is not None and line.t == 102.0
+    assert worker_loss_watch(lambda t: None, 0.0)() is None  # no cheap log feed (AWS)

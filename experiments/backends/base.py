@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from experiments.model import Observations
+from experiments.model import LogLine, Observations
 from stacks.variant import Variant
 
 
@@ -55,6 +55,13 @@ class Deployment:
 
     def cpu_limit_cores(self) -> float | None:
         """CPU the instances may use together right now, in cores; None when unknown."""
+        return None
+
+    def logs_since(self, t: float) -> list[LogLine] | None:
+        """Log lines (Gunicorn, kernel) at or after unix time `t`, read cheaply while the load
+        runs, so the survival test can stop at the server's first worker loss; None when this
+        backend has no such feed (AWS: the logs come by SSM at the end, and the survival test
+        runs to its limit)."""
         return None
 
 

@@ -10,6 +10,7 @@ Protocol (one JSON object per line). Parent -> child on stdin:
     {"cmd": "survival", "users": 100, "limit_s": 120}   (closed loop) or
     {"cmd": "survival", "offered_rps": 40, "limit_s": 120, "dilation": 3.0,
      "hazard_path": "/products/?all=1", "hazard_rps": 0.07}   (open model + a hazard stream)
+    {"cmd": "stop"}   (ends a running survival test now: the server already failed)
     {"cmd": "quit"}
 Child -> parent on the original stdout (fd 1 is redirected to stderr, so a print() in a
 locustfile cannot corrupt the protocol):
@@ -353,6 +354,8 @@ class Child:
         self.collector = Collector(self.runner, self.recorder, self.gate, self.workers)
         self.pool = 0
         """Users alive now (open-model steps only ever grow it)."""
+        self.stop_requested = False
+        """Set by the reader on `{"cmd": "stop"}`: the running survival test ends now."""
 
     def send(self, message: dict[str, Any]) -> None:
         self.out.write(json.dumps(message) + "\n")
@@ -535,6 +538,7 @@ class Child:
         rule = SurvivalRule(dilation)
         timeline: list[dict[str, float]] = []
         verdict = None
+        self.stop_requested = False  # a stop that arrived after the last test is stale
         for k in range(1, max(1, math.ceil(limit_s)) + 1):
             gevent.sleep(max(0.0, t0 + k - time.monotonic()))
             window = self.collector.swap()
@@ -553,7 +557,7 @@ class Child:
             timeline.append(point)
             self.send({"type": "tick", **point})
             verdict = rule.add(second)
-            if verdict is not None:
+            if verdict is not None or self.stop_requested:
                 break
         if hazards is not None:
             hazards.kill(block=True)
@@ -575,10 +579,35 @@ class Child:
             )
         return result.to_dict()
 
-    def serve(self, commands: IO[bytes]) -> None:
-        """Answer commands until `quit` or end of input."""
+    def _read(self, commands: IO[bytes], queue: Queue[bytes | None]) -> None:
+        """Reader greenlet: `stop` acts at once (the main greenlet is busy in a survival
+        test); every other line waits its turn in `queue` (None: end of input)."""
         while True:
             line = commands.readline()
+            if not line:
+                queue.put(None)
+                return
+            try:
+                command = json.loads(line)
+            except ValueError:
+                command = None
+            if isinstance(command, dict) and command.get("cmd") == "stop":
+                self.stop_requested = True
+                continue
+            queue.put(line)
+
+    def serve(self, commands: IO[bytes]) -> None:
+        """Answer commands until `quit` or end of input."""
+        queue: Queue[bytes | None] = Queue()
+        reader = gevent.spawn(self._read, commands, queue)
+        try:
+            self._serve(queue)
+        finally:
+            reader.kill(block=False)
+
+    def _serve(self, queue: Queue[bytes | None]) -> None:
+        while True:
+            line = queue.get()
             if not line:
                 return
             try:

@@ -26,7 +26,8 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from experiments.errors import UserError
-from experiments.model import StepResult, SurvivalResult
+from experiments.load.survival import with_worker_loss
+from experiments.model import LogLine, Observations, StepResult, SurvivalResult
 from experiments.procs import free_port, stop_group
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -316,6 +317,7 @@ class LoadSession:
         self, users: int, limit_s: float, on_tick: Callable[[float], None] | None = None,
         offered_rps: float | None = None, dilation: float = 1.0,
         hazard_path: str | None = None, hazard_rps: float = 0.0,
+        server_failed: Callable[[], LogLine | None] | None = None,
     ) -> SurvivalResult:
         """A fixed load for up to `limit_s` seconds: `offered_rps` open-model arrivals/s when
         given (`users` is then ignored), else `users` closed-loop back-to-back users; plus
@@ -323,7 +325,10 @@ class LoadSession:
 
         Rule (experiments.load.survival): failed when over the last 5 s more than 50 % of
         requests were errors, or none succeeded for 30 s (both × `dilation`); otherwise held.
-        `on_tick(seconds)` each second.
+        `on_tick(seconds)` each second. `server_failed()` (asked each second, e.g.
+        `survival.worker_loss_watch`) returns the log line of a failure the server itself
+        showed (a worker OOM-killed): the load then stops there, and the result is judged by
+        that line (`survival.with_worker_loss`) instead of running on to `limit_s`.
         """
         if offered_rps is not None and not offered_rps > 0:
             raise UserError(f"survival needs a positive offered rate, got {offered_rps}")
@@ -339,6 +344,17 @@ class LoadSession:
                 raise UserError(f"survival hazard path {hazard_path!r} must start with '/'")
             message.update(hazard_path=hazard_path, hazard_rps=hazard_rps)
         self._require().send(message)
-        tick = None if on_tick is None else (lambda m: on_tick(float(m["t"])))
+        stopped: list[LogLine] = []
+
+        def tick(m: dict[str, Any]) -> None:
+            if on_tick is not None:
+                on_tick(float(m["t"]))
+            if server_failed is not None and not stopped:
+                line = server_failed()
+                if line is not None:
+                    stopped.append(line)
+                    self._require().send({"cmd": "stop"})
+
         reply = self._expect("survival", limit_s + REPLY_MARGIN_S, tick)
-        return SurvivalResult.from_dict(reply["result"])
+        result = SurvivalResult.from_dict(reply["result"])
+        return with_worker_loss(result, Observations(logs=stopped)) if stopped else result

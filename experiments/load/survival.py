@@ -25,10 +25,12 @@ see `survival_rate`) is chosen by the runner.
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from experiments.model import Observations, SurvivalResult
+from experiments.model import LogLine, Observations, SurvivalResult
 from stacks.variant import Variant
 
 WINDOW_S = 5
@@ -184,6 +186,31 @@ def _top(kinds: Counter[str]) -> str:
 # ---- the server's side of the verdict -------------------------------------------------------
 
 WORKER_LOSS = re.compile(r"was sent SIGKILL|WORKER TIMEOUT|Killed process|oom_kill counter")
+
+
+STOP_TAIL_S = 2.0
+"""After the server's first worker loss the survival load goes on this long (two of the local
+sampler's 1 s samples), so the signals the diagnosis reads cover the failure itself."""
+
+
+def worker_loss_watch(logs_since: Callable[[float], list[LogLine] | None],
+                      since: float | None = None, tail_s: float = STOP_TAIL_S,
+                      clock: Callable[[], float] = time.time) -> Callable[[], LogLine | None]:
+    """A check for the survival test's early stop: the first worker-loss line at or after
+    `since` (default: now, when the watch is made) once it is `tail_s` old, else None. `logs_since` is the deployment's cheap log feed
+    (`Deployment.logs_since`); without one (None) the test runs to its limit, as before.
+
+    The verdict does not change: `with_worker_loss` judges the same line the same way; only
+    the load that followed a failure already decided (68 s of micro's 100 s) is saved."""
+
+    start = clock() if since is None else since
+
+    def check() -> LogLine | None:
+        lines = logs_since(start) or []
+        first = next((x for x in lines if x.t >= start and WORKER_LOSS.search(x.text)), None)
+        return first if first is not None and clock() - first.t >= tail_s else None
+
+    return check
 
 
 def first_worker_loss_s(survival: SurvivalResult, observations: Observations) -> float | None:

@@ -112,6 +112,10 @@ class LocalDeployment(Deployment):
         except (OSError, ValueError):
             return None
 
+    def logs_since(self, t: float) -> list[LogLine] | None:
+        """What the sampler and log readers collected at or after `t` (in memory: cheap)."""
+        return self._owner.logs_since(t)
+
     def cpu_limit_cores(self) -> float | None:
         """Sum of the instances' current CPU quotas (they follow the credit balance)."""
         limits = [inst.sampled.limit_cores or inst.sampled.target_cores()
@@ -322,6 +326,10 @@ class _Stack:
     def _signal(self, sample: SignalSample) -> None:
         with self._lock:
             self._signals.append(sample)
+
+    def logs_since(self, t: float) -> list[LogLine]:
+        with self._lock:
+            return sorted((x for x in self._logs if x.t >= t), key=lambda line: line.t)
 
     def observations(self) -> Observations:
         with self._lock:
