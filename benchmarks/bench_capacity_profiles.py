@@ -1,0 +1,103 @@
+"""Does the shop's capacity hold still? Quick vs standard, and repeated quick searches.
+
+    sudo .venv/bin/python benchmarks/bench_capacity_profiles.py
+        [--variants micro,micro-swap,scale-up,scale-out] [--quick-repeats 3]
+        [--profiles quick,standard]
+
+Deploys each shop variant once (local backend, real cgroups, the run's cpu_scale and dilated
+SLO) and runs on that deployment the capacity search exactly as a run does
+(experiments.load.search, the shopper mix without the `?all=1` hazard, as the capacity stage
+offers it): `--quick-repeats` quick searches (what `run --repeat N` does), then one standard
+search. No sustained or survival stage: this measures the capacity figure only, so the
+standard profile fits in minutes per variant instead of a quarter of an hour.
+
+Prints each figure and the targets of issue 10: the quick searches' relative standard
+deviation <= 5 % per variant; the quick median and the standard figure within 10 %. Asserts
+nothing: the figures are the point. Run it under the CPU lock on a quiet box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments.backends.local import LocalBackend  # noqa: E402
+from experiments.load.driver import LoadSession, LoadSettings  # noqa: E402
+from experiments.load.search import search_capacity  # noqa: E402
+from experiments.model import Slo  # noqa: E402
+from experiments.profiles import get_profile  # noqa: E402
+from stacks.variant import load_variant, load_variants  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="micro,micro-swap,scale-up,scale-out")
+    parser.add_argument("--quick-repeats", type=int, default=3)
+    parser.add_argument("--profiles", default="quick,standard")
+    args = parser.parse_args()
+    profiles = args.profiles.split(",")
+    cpu_scale = LocalBackend.choose_cpu_scale(load_variants())
+    rows: list[tuple[str, list[float], float | None, float]] = []
+    for name in args.variants.split(","):
+        variant = load_variant(name)
+        locustfile = variant.app.directory / variant.app.locustfile
+        with tempfile.TemporaryDirectory(prefix="scalelab-profiles-") as state:
+            backend = LocalBackend(cpu_scale=cpu_scale, state_dir=Path(state))
+            slo = Slo().dilated(backend.dilation)
+            with backend.deployed(variant) as deployment:
+                print(f"\n{name}: {deployment.cpu_limit_cores():.2f} cores, SLO p95 "
+                      f"{slo.p95_ms:.0f} ms (dilation {backend.dilation:.2f})", flush=True)
+                quick: list[float] = []
+                standard: float | None = None
+                started = time.monotonic()
+                runs = [(p, i) for p in profiles
+                        for i in range(args.quick_repeats if p == "quick" else 1)]
+                for profile_name, i in runs:
+                    profile = get_profile(profile_name)
+                    began = time.monotonic()
+                    settings = LoadSettings(locustfile, env={
+                        "SHOP_ALL_WEIGHT": str(profile.hazard_weight_capacity)})
+                    with LoadSession(deployment.url, settings) as load:
+                        result = search_capacity(load, deployment, profile, slo)
+                    took = time.monotonic() - began
+                    trail = " ".join(f"{s.offered_rps:g}{'+' if s.passed else '-'}"
+                                     + ("c" if s.phase == "confirm" else "")
+                                     for s in result.steps)
+                    print(f"  {profile_name} #{i + 1}: {result.capacity_rps:g} req/s in "
+                          f"{took:.0f} s, {len(result.steps)} steps [{trail}]; "
+                          f"{result.bound_sentence()}", flush=True)
+                    if profile_name == "quick":
+                        quick.append(result.capacity_rps)
+                    else:
+                        standard = result.capacity_rps
+                rows.append((name, quick, standard, time.monotonic() - started))
+
+    print("\nvariant     quick runs              median   RSD   standard  quick/standard")
+    for name, quick, standard, _ in rows:
+        median = statistics.median(quick) if quick else None
+        rsd = (statistics.stdev(quick) / statistics.mean(quick)
+               if len(quick) > 1 and statistics.mean(quick) else None)
+        ratio = median / standard if median and standard else None
+        print(f"{name:<11} {' '.join(f'{q:6.1f}' for q in quick):<22} "
+              f"{median or 0:6.1f} {'' if rsd is None else f'{rsd:5.1%}':>6} "
+              f"{standard or 0:9.1f}  {'' if ratio is None else f'{ratio:.2f}'}")
+    for name, quick, standard, took in rows:
+        if len(quick) > 1:
+            rsd = statistics.stdev(quick) / statistics.mean(quick)
+            print(f"{name}: quick RSD {rsd:.1%} over {len(quick)} searches (target <= 5 %)")
+        if quick and standard:
+            diff = abs(statistics.median(quick) - standard) / standard
+            print(f"{name}: quick median vs standard differ by {diff:.1%} (target <= 10 %)")
+        print(f"{name}: {took:.0f} s of searches")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
