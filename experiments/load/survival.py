@@ -197,8 +197,9 @@ def worker_loss_watch(logs_since: Callable[[float], list[LogLine] | None],
                       since: float | None = None, tail_s: float = STOP_TAIL_S,
                       clock: Callable[[], float] = time.time) -> Callable[[], LogLine | None]:
     """A check for the survival test's early stop: the first worker-loss line at or after
-    `since` (default: now, when the watch is made) once it is `tail_s` old, else None. `logs_since` is the deployment's cheap log feed
-    (`Deployment.logs_since`); without one (None) the test runs to its limit, as before.
+    `since` (default: now, when the watch is made) once it is `tail_s` old, else None.
+    `logs_since` is the deployment's cheap log feed (`Deployment.logs_since`); without one
+    (None) the test runs to its limit, as before.
 
     The verdict does not change: `with_worker_loss` judges the same line the same way; only
     the load that followed a failure already decided (68 s of micro's 100 s) is saved."""
