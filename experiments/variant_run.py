@@ -254,7 +254,7 @@ class VariantRun:
 
     def _load(self, hazard_weight: int) -> LoadSettings:
         return LoadSettings(locustfile=self.plan.locustfile, load_workers=self.plan.load_workers,
-                            env={"SHOP_ALL_WEIGHT": str(hazard_weight)})
+                            env={"SHOP_ALL_WEIGHT": str(hazard_weight)}, dilation=self.dilation)
 
     def save_error(self, exc: Exception) -> None:
         name = self.variant.name

@@ -61,7 +61,7 @@ def slow_server() -> Iterator[str]:
 class ArrivalLog:
     """A loopback HTTP server that notes when each request arrives (the server's view)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.times: list[float] = []
         log = self
 
@@ -70,6 +70,7 @@ class ArrivalLog:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 log.times.append(time.time())
+                time.sleep(delay_s)
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -95,6 +96,18 @@ class ArrivalLog:
 @pytest.fixture
 def arrival_log() -> Iterator[ArrivalLog]:
     log = ArrivalLog()
+    try:
+        yield log
+    finally:
+        log.server.shutdown()
+        log.server.server_close()
+
+
+@pytest.fixture
+def one_second_server() -> Iterator[ArrivalLog]:
+    """Answers every request after 1 s: longer than the 0.5 s client timeout of
+    short_timeout_locustfile.py, shorter than that timeout × 4."""
+    log = ArrivalLog(delay_s=1.0)
     try:
         yield log
     finally:
@@ -210,6 +223,32 @@ def test_distributed_two_workers(haproxy: tuple[object, str]) -> None:
     assert step.errors == 0 and 0 < step.p95_ms < 200
     assert step.response_bytes == 2 * step.requests  # merged from both workers
     assert survival.held and all(p["requests"] > 50 for p in survival.timeline)
+
+
+SHORT_TIMEOUT = FIXTURES / "short_timeout_locustfile.py"
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["local", "distributed"])
+def test_dilation_stretches_the_client_timeouts_of_the_users(one_second_server: ArrivalLog,
+                                                             workers: int) -> None:
+    """The locustfile's 0.5 s timeout gives up on a 1 s answer; dilated × 4 (2 s) it waits.
+    Both in one local runner and in a distributed worker (the process that runs the users)."""
+    url = one_second_server.url
+    for dilation, expect_errors in ((1.0, True), (4.0, False)):
+        settings = LoadSettings(SHORT_TIMEOUT, load_workers=workers, dilation=dilation)
+        with LoadSession(url, settings) as session:
+            step = session.step(2, warmup_s=1, hold_s=3)
+        assert step.requests >= 4, (dilation, step)
+        if expect_errors:
+            assert step.errors == step.requests, f"undilated 0.5 s timeout kept waiting: {step}"
+        else:
+            assert step.errors == 0, f"dilated 2 s timeout gave up on a 1 s answer: {step}"
+            assert step.p50_ms >= 1000
+
+
+def test_a_dilation_below_one_is_refused() -> None:
+    with pytest.raises(UserError, match="dilation"):
+        LoadSession("http://127.0.0.1:9", LoadSettings(PING, dilation=0.5))
 
 
 def test_bad_locustfiles_give_one_sentence(tmp_path: Path) -> None:

@@ -123,6 +123,28 @@ def load_user_class(path: str) -> type[User]:
     return classes[0]
 
 
+CLIENT_TIMEOUT_ATTRS = ("network_timeout", "connection_timeout")
+"""FastHttpUser's client timeouts (60 s by default), read when each user creates its client."""
+
+
+def dilate_client_timeouts(user_class: type[User], dilation: float) -> dict[str, float]:
+    """Stretch the user class's client timeouts by `dilation` (the emulated box's clock): at
+    cpu_scale s a request that would time out after 60 s on AWS may take 60/s s here.
+
+    Set on the class before any user exists, in every process that runs users (the local
+    runner, or each distributed worker), because each user reads them once, when it creates its
+    client. Returns the timeouts set (none for a User class without them, e.g. HttpUser)."""
+    if not dilation >= 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    applied: dict[str, float] = {}
+    for attr in CLIENT_TIMEOUT_ATTRS:
+        base = getattr(user_class, attr, None)
+        if isinstance(base, (int, float)) and base > 0:
+            applied[attr] = float(base) * dilation
+            setattr(user_class, attr, applied[attr])
+    return applied
+
+
 class Recorder:
     """This process's current Window: fed by the `request` event, swapped at boundaries."""
 
@@ -337,6 +359,7 @@ class Child:
         self.out = out
         self.user_class = load_user_class(args.locustfile)
         self.user_class.host = args.url
+        self.client_timeouts = dilate_client_timeouts(self.user_class, args.dilation)
         self.env = Environment(user_classes=[self.user_class], events=events, host=args.url)
         self.workers = args.workers
         if self.workers:
@@ -515,11 +538,9 @@ class Child:
         """A fixed load judged each second: `offered_rps` arrivals/s (true open model through
         the arrival gate, like a step) or, without it, a closed-loop overload of `users`
         back-to-back users; plus `hazard_rps` arrivals/s of `hazard_path` when given. The
-        rule's windows and the client timeouts are stretched by `dilation`."""
-        timeout_s = 60.0 * dilation  # FastHttpUser's default, in the emulated box's time
-        for attr in ("network_timeout", "connection_timeout"):
-            if hasattr(self.user_class, attr):
-                setattr(self.user_class, attr, timeout_s)
+        rule's windows are stretched by `dilation`; the client timeouts were stretched by the
+        session's dilation when this process started (`--dilation`, every process alike)."""
+        timeout_s = self.client_timeouts.get("network_timeout", 60.0 * dilation)
         if offered_rps:
             self._grow_pool(pool_users(offered_rps, max(1, self.workers)))
             users = self.pool
@@ -643,6 +664,7 @@ def run_worker(args: argparse.Namespace) -> None:
     """A distributed worker: runs users, ships its windows to the master on request."""
     user_class = load_user_class(args.locustfile)
     user_class.host = args.url
+    dilate_client_timeouts(user_class, args.dilation)
     env = Environment(user_classes=[user_class], events=events, host=args.url)
     runner = env.create_worker_runner("127.0.0.1", args.master_port)
     recorder = Recorder()
@@ -683,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--master-port", type=int, default=0)
+    parser.add_argument("--dilation", type=float, default=1.0,
+                        help="stretch the User class's client timeouts by this (>= 1)")
     args = parser.parse_args(argv)
 
     # Keep the protocol channel private: anything printed goes to stderr instead.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import math
 import os
 import queue
 import subprocess
@@ -45,6 +46,11 @@ class LoadSettings:
     """0 = one local runner in one child; N = Locust distributed: a master plus N workers."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment for the child(ren), e.g. SHOP_ALL_WEIGHT."""
+    dilation: float = 1.0
+    """Time dilation of the emulated box (1/cpu_scale locally, 1 on AWS): every process that
+    runs users (the local child, or each distributed worker) stretches the User class's client
+    timeouts by it, so that a request is not given up on earlier, in the box's time, than on
+    AWS."""
 
 
 def check_url(url: str) -> str:
@@ -141,6 +147,9 @@ class LoadSession:
                 f"--load-workers {settings.load_workers} is negative; use 0 (one local "
                 "generator) or a positive number of worker processes"
             )
+        if not (math.isfinite(settings.dilation) and settings.dilation >= 1):
+            raise UserError(f"time dilation {settings.dilation} is not a number >= 1 (it is "
+                            "1/cpu_scale, and cpu_scale is at most 1)")
         self.url = url.rstrip("/")  # the locustfile's paths start with "/"
         self.settings = settings
         self._master: _Proc | None = None
@@ -155,7 +164,8 @@ class LoadSession:
             p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
         )
         env["PYTHONUNBUFFERED"] = "1"
-        common = ["--locustfile", str(locustfile), "--url", self.url]
+        common = ["--locustfile", str(locustfile), "--url", self.url,
+                  "--dilation", repr(float(self.settings.dilation))]
         try:
             if self.settings.load_workers:
                 port = free_port()
