@@ -20,6 +20,7 @@ from experiments.model import (
     Failure,
     LogLine,
     Observations,
+    SignalSample,
     Slo,
     StepResult,
     SurvivalResult,
@@ -279,3 +280,91 @@ def test_live_worker_timeout_recording(tmp_path: Path) -> None:
     f = run_recorded("live", obs)
     assert f.kind == "worker_timeout"
     assert "SIGKILL" in f.evidence[1]
+
+
+# ---- the sustained stage's forced-empty credit balance ------------------------------------
+
+T0 = 1795600000.0
+FORCED = (T0 + 50.0, T0 + 113.0)
+"""The sustained stage emptied the balance from T0+50 and restored it at T0+110 (+3 s margin),
+as the runner records in `forced_credits`."""
+
+
+def _micro_sample(t: float, balance: float, limit: float, used: float) -> SignalSample:
+    return SignalSample(t=t, instance="micro-0", memory_bytes=300 * 2**20,
+                        memory_limit_bytes=674 * 2**20, swap_bytes=0, major_faults=0,
+                        cpu_used_cores=used, cpu_limit_cores=limit, credit_balance=balance,
+                        oom_kills=0)
+
+
+def _run_with_a_forced_window() -> tuple[Observations, list[StepResult], SurvivalResult]:
+    """An emulated micro (0.33 cores, baseline 0.033) with launch credits throughout, except
+    where the sustained stage forced the balance to 0. The burst search failed at 30 rps at its
+    CPU limit; the survival test later failed the same way, credits long restored."""
+    signals = [_micro_sample(T0 + k, 30.0, 0.33, 0.33 if 25 <= k <= 45 else 0.2)
+               for k in range(0, 50)]
+    signals += [_micro_sample(T0 + k, 0.0, 0.033, 0.033) for k in range(50, 110)]
+    signals += [_micro_sample(T0 + k, 30.0 - 0.01 * (k - 110), 0.33, 0.33)
+                for k in range(110, 180)]
+    steps = [
+        StepResult(offered_rps=20, achieved_rps=20, p50_ms=60, p95_ms=200, p99_ms=300,
+                   error_rate=0.0, started_at=T0, ended_at=T0 + 20, duration_s=20, passed=True),
+        StepResult(offered_rps=30, achieved_rps=24, p50_ms=900, p95_ms=2600, p99_ms=3000,
+                   error_rate=0.0, started_at=T0 + 25, ended_at=T0 + 45, duration_s=20,
+                   passed=False, verdict="p95 2600 ms > SLO 500 ms"),
+    ]
+    survival = SurvivalResult(seconds=40, held=False, limit_s=300, started_at=T0 + 120,
+                              failed_at=T0 + 160, offered_rps=30,
+                              reason="p95 above the SLO for 10 s",
+                              timeline=[{"t": float(k), "requests": 24, "errors": 0,
+                                         "p95_ms": 2600} for k in range(1, 41)])
+    return Observations(signals=signals), steps, survival
+
+
+def test_the_forced_empty_balance_is_not_blamed_once_left_out() -> None:
+    obs, steps, survival = _run_with_a_forced_window()
+    # Without the filter the forced window's zero balance and baseline quota would be named:
+    # the credit detector reads every sample up to the end of the survival failure.
+    assert diagnose(micro(), obs, steps, survival, SLO).kind == "cpu_credits_exhausted"
+    f = diagnose(micro(), obs.outside(FORCED), steps, survival, SLO)
+    assert f.kind == "cpu_saturated", f
+    assert not any("credit balance" in line for line in f.evidence)
+    assert "0.33/0.33 cores" in f.evidence[0]
+    # ...and it only hides the window: the samples stay in the caller's observations
+    assert sum(1 for s in obs.signals if s.credit_balance == 0.0) == 60
+
+
+def test_a_real_credit_exhaustion_outside_the_forced_window_is_still_named() -> None:
+    obs, steps, survival = _run_with_a_forced_window()
+    # The balance really runs out during the survival test (after the forced window ended).
+    obs.signals = [replace(s, credit_balance=0.0, cpu_limit_cores=0.033,
+                           cpu_used_cores=0.033) if s.t >= T0 + 140 else s
+                   for s in obs.signals]
+    f = diagnose(micro(), obs.outside(FORCED), steps, survival, SLO)
+    assert f.kind == "cpu_credits_exhausted"
+    assert f.at is not None and f.at >= T0 + 140
+
+
+def test_the_variant_run_leaves_its_forced_window_out(tmp_path: Path) -> None:
+    """The diagnose stage itself drops the window it recorded in `forced_credits`."""
+    from rich.progress import Progress
+
+    from experiments.load.capacity import CapacityResult
+    from experiments.profiles import get_profile
+    from experiments.results import RunStore
+    from experiments.runplan import RunPlan
+    from experiments.variant_run import VariantRun
+
+    variant = load_variant("micro")
+    plan = RunPlan(run_id="r1", backend_name="local", variants=[variant],
+                   profile=get_profile("quick"), slo=SLO, locustfile=Path("x.py"),
+                   load_workers=0, out=tmp_path, cpu_scale=0.33, credits="launch",
+                   max_usd=None, app_overrides={}, survival_rps=None)
+    store = RunStore.create(tmp_path, "r1", {"backend": "local", "variants": ["micro"]})
+    obs, steps, survival = _run_with_a_forced_window()
+    capacity = CapacityResult(capacity_rps=20, p95_ms_at_capacity=200, steps=steps,
+                              bracket=(20, 30))
+    run = VariantRun(variant, plan, store, Progress())
+    assert run.diagnose(capacity, survival, obs).kind == "cpu_credits_exhausted"
+    run.forced_credits = FORCED
+    assert run.diagnose(capacity, survival, obs).kind == "cpu_saturated"
