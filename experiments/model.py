@@ -215,6 +215,10 @@ class StepResult(Record):
     locally); None when the backend cannot see it. / requests = the service demand."""
     phase: str = "search"
     """"search" for a step of the capacity search, "confirm" for its longer confirmation hold."""
+    host_busy: float | None = None
+    """Share of all the load host's cores busy during the hold (/proc/stat), None where it was
+    not read. Locally the emulated instances, HAProxy and the load generator share that host:
+    near 1 they competed for it and the step measured the host, not the emulated box."""
 
     @property
     def p95_verdict_ms(self) -> float:

@@ -178,6 +178,7 @@ def test_slow_server_falls_behind_and_fails(slow_server: str) -> None:
     with LoadSession(slow_server, LoadSettings(PING)) as session:
         step = session.step(20, warmup_s=2, hold_s=4)
     assert step.achieved_rps < 0.8 * step.offered_rps  # about 5 rps can be served
+    assert step.host_busy is not None and 0.0 <= step.host_busy <= 1.0
     assert 2.0 < step.achieved_rps < 8.0
     assert step.p50_ms >= 200  # every request takes at least the 200 ms sleep
     # the pool (50 users) runs dry: arrivals wait, then are dropped (and counted)
@@ -353,3 +354,18 @@ def test_half_saturation_step_is_true_on_an_emulated_micro(tmp_path: Path) -> No
     # the CPU signal: ~7 ms of CPU per request (plus Gunicorn's own share)
     assert half.server_cpu_s is not None
     assert 0.006 <= half.server_cpu_s / half.requests <= 0.015
+
+
+def test_host_busy_share_from_proc_stat(tmp_path: Path) -> None:
+    """Busy = all but idle and iowait; the share is of the whole host between two readings."""
+    from experiments.load.driver import host_busy_share, host_cpu_times
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+    first = host_cpu_times(stat)
+    assert first == (150.0, 1000.0)
+    # 200 more jiffies: 150 busy (user 120, steal 30), 50 idle
+    stat.write_text("cpu  220 0 50 850 50 0 0 30 0 0\n")
+    assert host_busy_share(first, host_cpu_times(stat)) == pytest.approx(0.75)
+    assert host_busy_share(first, None) is None
+    assert host_cpu_times(tmp_path / "missing") is None

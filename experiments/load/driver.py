@@ -82,6 +82,28 @@ def check_loopback(url: str) -> None:
         )
 
 
+def host_cpu_times(stat: Path = Path("/proc/stat")) -> tuple[float, float] | None:
+    """(busy, total) jiffies of all host CPUs from /proc/stat's first line; None off Linux.
+    Busy is everything but idle and iowait (steal counts as busy: the host did not get it)."""
+    try:
+        fields = [float(x) for x in stat.read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    total = sum(fields[:8])
+    return total - fields[3] - fields[4], total
+
+
+def host_busy_share(start: tuple[float, float] | None, end: tuple[float, float] | None
+                    ) -> float | None:
+    """Share of the host's CPU time that was busy between two `host_cpu_times` readings."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return round(max(0.0, min(1.0, (end[0] - start[0]) / (end[1] - start[1]))), 4)
+
+
 class _Proc:
     """One child process in its own session (so Ctrl-C hits us, and we kill its whole group)."""
 
@@ -288,8 +310,10 @@ class LoadSession:
             {"cmd": "step", "offered_rps": offered_rps, "warmup_s": warmup_s, "hold_s": hold_s}
         )
         cpu: dict[str, float | None] = {}
+        host: dict[str, tuple[float, float] | None] = {}
 
         def on_mark(what: str) -> None:
+            host[what] = host_cpu_times()
             if cpu_seconds is not None:
                 cpu[what] = cpu_seconds()
 
@@ -298,6 +322,7 @@ class LoadSession:
         start, end = cpu.get("hold_start"), cpu.get("hold_end")
         if start is not None and end is not None:
             result.server_cpu_s = max(0.0, end - start)
+        result.host_busy = host_busy_share(host.get("hold_start"), host.get("hold_end"))
         return result
 
     def offer(
