@@ -94,3 +94,47 @@ def test_run_json_records_the_measuring_host_cpu(tmp_path: Path) -> None:
     summary = RunStore.open(run).summary()
     assert summary["host_cpu"] == "Recorded CPU 9000"
     assert "host CPU: Recorded CPU 9000" in summary["variants"][0]["aws_estimate"]["assumptions"][0]
+
+
+def _step(rps: float, passed: bool, host: float | None, server_cores: float | None) -> dict:
+    return {"offered_rps": rps, "passed": passed, "host_busy": host, "duration_s": 20.0,
+            "server_cpu_s": None if server_cores is None else server_cores * 20.0}
+
+
+# scale-up (1 × 2 vCPU) at cpu_scale 0.66: a quota of 1.32 host cores. Figures from
+# bench_dilation_stability's run (the 180 req/s step starved by a busy host).
+SCALE_UP = {"name": "scale-up", "capacity_rps": 174.0, "vcpu": 2, "count": 1,
+            "cost": {"hourly_usd": 0.0416}}
+
+
+def test_a_capacity_bounded_by_a_saturated_host_is_flagged() -> None:
+    entry = {**SCALE_UP, "steps": [_step(169, True, 0.999, 0.98), _step(174, True, 0.83, 1.22),
+                                   _step(180, False, 1.0, 1.037), _step(190, False, 1.0, 1.005)]}
+    est = variant_estimate(entry, 0.66, host_cpu="x")
+    assert est is not None and est["host_saturated"] is True
+    (warning,) = est["warnings"]
+    assert "scale-up" in warning and "180 req/s" in warning
+    assert "100% of its CPU busy" in warning and "1.04 of their 1.32 cores" in warning
+    assert "lower bound" in warning
+    assert est["capacity_rps"] == pytest.approx(174 / 0.66, abs=0.01)  # still reported
+
+
+@pytest.mark.parametrize("steps", [
+    # the bounding (lowest failing) step had headroom; a higher one did not: the box's own limit
+    [_step(174, True, 0.8, 1.2), _step(180, False, 0.9, 1.3), _step(190, False, 1.0, 1.0)],
+    # the host was saturated, but the box was at its own quota too: its failure is its own
+    [_step(174, True, 0.8, 1.2), _step(180, False, 0.99, 1.30)],
+    # a failure below capacity (the confirmation's retry) bounds nothing
+    [_step(170, False, 1.0, 0.9), _step(174, True, 0.8, 1.2)],
+    # older runs: no host_busy recorded
+    [_step(174, True, None, 1.2), _step(180, False, None, 1.0)],
+])
+def test_a_capacity_the_box_itself_bounded_is_not_flagged(steps: list[dict]) -> None:
+    est = variant_estimate({**SCALE_UP, "steps": steps}, 0.66, host_cpu="x")
+    assert est is not None and est["host_saturated"] is False and est["warnings"] == []
+
+
+def test_the_aws_backend_is_never_host_bound() -> None:
+    entry = {**SCALE_UP, "steps": [_step(174, True, 0.8, 1.2), _step(180, False, 1.0, 1.0)]}
+    aws = variant_estimate(entry, None, backend="aws")
+    assert aws is not None and aws["host_saturated"] is False

@@ -82,7 +82,7 @@ def aws_fields(estimate: dict[str, Any] | None) -> dict[str, Any]:
         "aws_usd_per_million_requests": est.get("usd_per_million_requests"),
         "aws_capacity_per_usd_hour": est.get("capacity_per_usd_hour"),
         "aws_basis": est.get("basis"),
-        "aws_assumptions": list(est.get("assumptions") or []),
+        "aws_assumptions": list(est.get("warnings") or []) + list(est.get("assumptions") or []),
     }
 
 
