@@ -280,7 +280,8 @@ def _step_entry(s: StepResult) -> dict[str, Any]:
             "generator_saturated": s.generator_saturated,
             "p95_intended_ms": None if s.p95_intended_ms is None else round(s.p95_intended_ms, 1),
             "scheduled": s.scheduled, "dropped": s.dropped, "phase": s.phase,
-            "server_cpu_s": None if s.server_cpu_s is None else round(s.server_cpu_s, 3)}
+            "server_cpu_s": None if s.server_cpu_s is None else round(s.server_cpu_s, 3),
+            "duration_s": round(s.duration_s, 2), "host_busy": s.host_busy}
 
 
 class RunStore:
