@@ -185,3 +185,22 @@ def test_the_star_ranks_sustained_capacity_unless_burst() -> None:
     old_run = [{"variant": "a", "capacity_per_usd_hour": 10.0},
                {"variant": "b", "capacity_per_usd_hour": 20.0}]
     assert best_value(old_run) == "b"  # runs from before the split still rank
+
+
+def test_a_sustained_step_holds_enough_arrivals_to_be_judged() -> None:
+    """At baseline rates the profile's hold alone schedules too few arrivals for the 95 %
+    achieved rule (2 of 2.16 = 93 % failed a step the box carried)."""
+    from experiments.load.sustained import MIN_ARRIVALS, sustained_hold_s
+    from experiments.model import Slo, StepResult
+
+    assert sustained_hold_s(4.0, 0.54) * 0.54 >= MIN_ARRIVALS
+    assert sustained_hold_s(4.0, 100.0) == 4.0  # fast enough: the profile's hold stands
+    assert sustained_hold_s(4.0, 0.0) == 4.0
+    # one arrival short: failed at the profile's 4 s hold, passes at the stretched one
+    slo = Slo()
+    for hold, passed in ((4.0, False), (sustained_hold_s(4.0, 0.54), True)):
+        scheduled = 0.54 * hold
+        step = StepResult(offered_rps=0.54, achieved_rps=(round(scheduled) - 1) / hold,
+                          p50_ms=200, p95_ms=300, p99_ms=400, error_rate=0.0,
+                          requests=round(scheduled) - 1, duration_s=hold)
+        assert slo.judge(step).passed is passed, (hold, slo.judge(step).verdict)
