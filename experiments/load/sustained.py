@@ -26,8 +26,8 @@ MIN_ARRIVALS = 30
 """Arrivals a sustained step must hold at least. At the baseline the rates are a tenth of the
 burst ones: the quick profile's 4 s hold at 0.54 req/s scheduled 2 arrivals, and 2 of 2.16
 "achieved 93 %" failed the 95 % rule (bench_dilation_stability's run at cpu_scale 0.33: every
-sustained step failed, sustained capacity 0.0 where ~4 req/s was carried). With 30, one
-arrival lost at the window's edge is 3 %."""
+sustained step failed, sustained capacity 0.0 where the utilization law gives ~4 req/s).
+With 30, one arrival lost at the window's edge is 3 %."""
 
 
 def sustained_hold_s(profile_hold_s: float, rps: float) -> float:
