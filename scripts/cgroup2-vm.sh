@@ -250,6 +250,10 @@ cleanup() {
 
 run() {
   [ $# -gt 0 ] || die "run needs a command, e.g.: $0 run python -m pytest tests/test_local_backend.py"
+  case "$checkout/" in
+    /tmp/*|/var/tmp/*)
+      die "the checkout $checkout is under /tmp or /var/tmp, which the guest covers with its scratch disk; clone it elsewhere (e.g. under \$HOME) and run this script from there." ;;
+  esac
   need qemu-system-x86_64
   build
   local kver rc=0 t0

@@ -16,7 +16,7 @@ import pulumi
 import pulumi_aws as aws
 
 from stacks.tags import resource_tags
-from stacks.variant import Variant, VariantError
+from stacks.variant import PROJECT_DIR, Variant, VariantError
 
 EXCLUDED_DIRS = frozenset({
     ".git", ".venv", "venv", "results", "__pycache__", "var", ".scalelab", ".pytest_cache",
@@ -26,17 +26,26 @@ EXCLUDED_DIRS = frozenset({
 EXCLUDED_SUFFIXES = (".pyc", ".pyo", ".egg-info")
 
 
+PROJECT_APP_DIRS = ("shop",)
+"""What ships when the app directory is scalelab's own checkout (the default shop): the shop
+package only. The checkout also holds tests, fixtures, benchmarks and the tooling itself, which an
+instance never runs — and which a non-root user may not even be able to read."""
+
+
 def bundle_files(directory: Path) -> dict[str, Path]:
     """Relative POSIX path -> file for everything the bundle ships, in a stable order."""
+    directory = directory.resolve()
+    tops = [directory / d for d in PROJECT_APP_DIRS] if directory == PROJECT_DIR else [directory]
     files: dict[str, Path] = {}
-    for root, dirs, names in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs
-                         if d not in EXCLUDED_DIRS and not d.endswith(EXCLUDED_SUFFIXES))
-        for name in sorted(names):
-            path = Path(root) / name
-            if name.endswith(EXCLUDED_SUFFIXES) or not path.is_file():
-                continue
-            files[path.relative_to(directory).as_posix()] = path
+    for top in tops:
+        for root, dirs, names in os.walk(top):
+            dirs[:] = sorted(d for d in dirs
+                             if d not in EXCLUDED_DIRS and not d.endswith(EXCLUDED_SUFFIXES))
+            for name in sorted(names):
+                path = Path(root) / name
+                if name.endswith(EXCLUDED_SUFFIXES) or not path.is_file():
+                    continue
+                files[path.relative_to(directory).as_posix()] = path
     return files
 
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 import pytest
 import yaml
 
+from stacks.bundle import bundle_files
 from stacks.preview import DeclaredResource, ProgramRun, declared_resources, run_program
 from stacks.variant import AppSource, Network, VariantError, load_variant
 from userdata.render import APP_PORT, AppFetch, render_user_data, unit_gunicorn_args
@@ -230,6 +231,26 @@ def test_outputs(runs: dict[str, ProgramRun], name: str) -> None:
     assert all(i.startswith("i-") for i in out["instance_ids"])
     assert out["url"].startswith("http://")
     assert out["log_group"] == f"/scalelab/{name}"
+
+
+def test_the_shops_bundle_ships_the_shop_package_only() -> None:
+    """Issue 14: the default app directory is the checkout itself; bundling all of it shipped the
+    tests and fixtures to every instance, and pricing (the program under mocks digests the
+    bundle) failed for a user who could not read a test fixture."""
+    files = bundle_files(AppSource().directory)
+    assert {"shop/wsgi.py", "shop/settings.py", "shop/__main__.py"} <= set(files)
+    assert any(name.startswith("shop/migrations/") for name in files)
+    assert all(name.startswith("shop/") for name in files), sorted(files)[:5]
+    assert not any("__pycache__" in name or name.endswith(".pyc") for name in files)
+
+
+def test_a_users_app_directory_ships_whole_without_environments_or_caches(tmp_path) -> None:
+    for name in ("app.py", "templates/index.html", ".venv/bin/python", "pkg/__pycache__/a.pyc",
+                 "results/run/result.json", "tests/test_app.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    assert list(bundle_files(tmp_path)) == ["app.py", "templates/index.html",
+                                            "tests/test_app.py"]
 
 
 def test_app_bundle_is_private_encrypted_and_readable_only_by_the_instances(
