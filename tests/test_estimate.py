@@ -138,3 +138,30 @@ def test_the_aws_backend_is_never_host_bound() -> None:
     entry = {**SCALE_UP, "steps": [_step(174, True, 0.8, 1.2), _step(180, False, 1.0, 1.0)]}
     aws = variant_estimate(entry, None, backend="aws")
     assert aws is not None and aws["host_saturated"] is False
+
+
+def test_the_console_table_marks_a_host_bound_estimate_and_says_why() -> None:
+    """Issue 11: the warning was in the report and summary.json, not where most people read the
+    result — the table printed at the end of `run`."""
+    from rich.console import Console
+
+    from experiments.report.console import print_summary_table
+    from experiments.results import VariantSummary
+
+    summary = with_estimates(json.loads((FIXTURE / "summary.json").read_text()), "Test CPU")
+    entries = summary["variants"]
+    capacity = entries[0]["capacity_rps"]  # the step above it failed on a full host
+    steps = [_step(capacity, True, 0.8, 0.3), _step(capacity * 1.1, False, 1.0, 0.1)]
+    bound = variant_estimate({**entries[0], "steps": steps}, summary["cpu_scale"], "Test CPU")
+    assert bound is not None and bound["host_saturated"]
+    entries[0] = {**entries[0], "aws_estimate": bound}
+    variants = [VariantSummary.from_dict(e) for e in entries]
+    out = Console(record=True, width=250)
+    print_summary_table(summary, variants, out)
+    text = out.export_text()
+    first, *others = variants
+    assert f"≥ {bound['capacity_rps']:.1f} !" in text
+    assert f"! {bound['warnings'][0][:60]}" in text.replace("\n  ", " ")
+    for v in others:  # not host-bound: plain figures, no mark
+        assert f"{v.aws_estimate['capacity_rps']:.1f} !" not in text
+    assert text.count("lower bound") == 1

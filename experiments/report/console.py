@@ -30,6 +30,7 @@ def print_summary_table(summary: dict[str, Any], variants: list[VariantSummary],
         per_million = v.cost.get("usd_per_million_requests")
         loss = v.survival.first_worker_loss_s
         aws = (v.aws_estimate or {}).get("capacity_rps")
+        host_bound = bool((v.aws_estimate or {}).get("host_saturated"))
         table.add_row(
             v.name,
             f"{v.count}×{v.instance_type}" + ("+ALB" if v.load_balancer else "")
@@ -38,7 +39,8 @@ def print_summary_table(summary: dict[str, Any], variants: list[VariantSummary],
                                        f" ({v.capacity_ci95[0]:.1f}–{v.capacity_ci95[1]:.1f})")
             + (f" → {v.sustained_capacity_rps:.1f}" if v.sustained_capacity_rps is not None
                and v.sustained_capacity_rps < v.capacity_rps - 0.05 else ""),
-            *([("—" if aws is None else f"{aws:.1f}")] if estimated else []),
+            *([("—" if aws is None else f"≥ {aws:.1f} !" if host_bound else f"{aws:.1f}")]
+              if estimated else []),
             "—" if v.p95_ms_at_capacity is None else f"{v.p95_ms_at_capacity:.0f} ms",
             ("held" if v.survival.held else f"{v.survival.seconds:.0f} s")
             + ("" if loss is None else f" (worker lost at {loss:.0f} s)"),
@@ -51,6 +53,9 @@ def print_summary_table(summary: dict[str, Any], variants: list[VariantSummary],
         out.print(f"  ≈ AWS req/s: an estimate (capacity × 1/cpu_scale) assuming a host core "
                   f"({summary.get('host_cpu') or 'CPU not recorded'}) ≈ one vCPU; the other "
                   "assumptions are in the report.", highlight=False)
+    for v in variants:  # the host, not the box, capped these: say so where the figure is read
+        for warning in (v.aws_estimate or {}).get("warnings") or []:
+            out.print(f"  [yellow]! {warning}[/yellow]", highlight=False)
 
 
 def build_report_or_say_how(run_dir: Path, out: Console) -> None:
