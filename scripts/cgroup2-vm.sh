@@ -141,13 +141,24 @@ build_initrd() {
 
 # The project's Python dependencies (pyproject's list plus the test extra), as wheels for
 # CPython 3.11 on x86_64: the rootfs's python3, whatever python the host has.
-download_wheels() {
-  local py="$1" dest="$2"
-  "$py" - "$checkout/pyproject.toml" > "$dest.reqs" <<'EOF'
+# A Python with tomllib (3.11+): the checkout's venv, else the host's python3.
+host_python() {
+  local py="${SCALELAB_VM_PYTHON:-$checkout/.venv/bin/python}"
+  [ -x "$py" ] || py=python3
+  echo "$py"
+}
+
+requirements() {
+  "$(host_python)" - "$checkout/pyproject.toml" <<'EOF'
 import sys, tomllib
 meta = tomllib.load(open(sys.argv[1], "rb"))["project"]
 print("\n".join(meta["dependencies"] + meta["optional-dependencies"]["test"]))
 EOF
+}
+
+download_wheels() {
+  local py="$1" dest="$2"
+  requirements > "$dest.reqs"
   # pip's --log appends verbosely (100 MB a build); its quiet output says what failed.
   "$py" -m pip download -q -d "$dest" --only-binary=:all: --python-version 3.11 \
     --implementation cp --abi cp311 --abi abi3 --abi none \
@@ -159,7 +170,9 @@ EOF
 
 build_rootfs() {
   local want stamp root mirror py
-  want="$(sha256sum "$checkout/pyproject.toml" | cut -d' ' -f1) $guest_debs"
+  # The dependency list, not the whole pyproject: a changed linter or pytest option needs no
+  # rebuild.
+  want="$(requirements | sha256sum | cut -d' ' -f1) $guest_debs"
   stamp="$cache/rootfs.stamp"
   [ -d "$cache/rootfs" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
   [ "$(id -u)" -eq 0 ] || die "building the rootfs needs root (debootstrap and chroot); run 'sudo $0 build' once."
@@ -182,8 +195,7 @@ build_rootfs() {
   else
     mkdir -p "$root" && tar -C "$root" -xf "$cache/base.tar"
   fi
-  py="${SCALELAB_VM_PYTHON:-$checkout/.venv/bin/python}"
-  [ -x "$py" ] || py=python3
+  py="$(host_python)"
   say "rootfs: Python packages for the project into $venv (from wheels downloaded on the host)"
   rm -rf "$cache/wheels" && mkdir -p "$cache/wheels"
   download_wheels "$py" "$cache/wheels" || die "pip download of the project's wheels failed; see $cache/wheels.log"
