@@ -25,7 +25,7 @@ saturation throughput × 1/cpu_scale must also be the same at both scales.
 
     flock /tmp/scalelab-cpu.lock .venv/bin/python benchmarks/bench_dilation_stability.py \\
         [--variants micro,scale-up] [--scales 0.33,0.66] [--profile quick] [--tolerance 0.10]
-        [--repeat N] [--cross-check 20 --path /products/] [--skip-runs]
+        [--repeat N] [--searches N] [--cross-check 20 --path /products/] [--skip-runs]
 """
 
 from __future__ import annotations
@@ -45,12 +45,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def run_once(variants: str, scale: float, profile: str, out: Path) -> dict[str, Any]:
-    """One real run; returns its summary.json (which carries the aws_estimate objects)."""
+def run_once(variants: str, scale: float, profile: str, out: Path,
+             searches: int = 0) -> dict[str, Any]:
+    """One real run; returns its summary.json (which carries the aws_estimate objects).
+    `searches` > 0 is the run's own `--repeat`: that many capacity searches per variant on
+    one deployment, the median reported with its 95 % interval."""
     before = set(out.glob("*/summary.json"))
     cmd = [sys.executable, "-m", "experiments", "run", "--backend", "local",
            "--variants", variants, "--profile", profile, "--cpu-scale", f"{scale:g}",
-           "--out", str(out)]
+           "--out", str(out)] + (["--repeat", str(searches)] if searches else [])
     started = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     elapsed = time.monotonic() - started
@@ -176,6 +179,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs per scale, interleaved (0.33, 0.66, 0.33, ...); the spread "
                              "compares the medians")
+    parser.add_argument("--searches", type=int, default=0, metavar="N",
+                        help="capacity searches per variant within each run (the run's own "
+                             "--repeat N: one deployment, the median of N; default: the "
+                             "profile's)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--cross-check", type=int, default=0, metavar="SECONDS",
@@ -200,7 +207,7 @@ def main() -> int:
             for _ in range(max(1, args.repeat)):
                 for scale in scales:
                     runs[scale].append(_by_name(run_once(",".join(names), scale, args.profile,
-                                                         out)))
+                                                         out, args.searches)))
     status = report(names, scales, runs, args.tolerance) if not args.skip_runs else 0
     if args.cross_check:
         hey = cross_check(names, scales, args.cross_check, args.path)
