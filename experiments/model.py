@@ -229,10 +229,17 @@ class StepResult(Record):
 def step_at_capacity(steps: list[StepResult]) -> StepResult | None:
     """The step "capacity" names: the passing confirmation hold if there is one (the search
     may have passed a higher rate in a short step that the longer hold then failed), else the
-    passing step with the highest offered rate."""
+    passing step with the highest offered rate — below every failed confirmation hold, when
+    all of them failed (the rate they refuted did not hold)."""
     passing = [s for s in steps if s.passed]
     confirmed = [s for s in passing if s.phase == "confirm"]
-    return max(confirmed or passing, key=lambda s: s.offered_rps) if passing else None
+    if confirmed:
+        return max(confirmed, key=lambda s: s.offered_rps)
+    refuted = [s.offered_rps for s in steps if s.phase == "confirm" and not s.passed
+               and not s.generator_saturated]
+    if refuted:  # every confirmation failed: no rate at or above them held
+        passing = [s for s in passing if s.offered_rps < min(refuted)]
+    return max(passing, key=lambda s: s.offered_rps) if passing else None
 
 
 @dataclass

@@ -375,7 +375,35 @@ def test_confirmation_hold_confirms_or_steps_down() -> None:
     never = CpuServer(demand=0.007, cores=0.5, confirm_limit=0.0)
     result = find_capacity(never, SLO, start_rps=8.0, cpu_limit_cores=0.5, confirm=never.confirm)
     assert result.confirmed is False and len(never.confirmed) == 3
-    assert "not confirmed" in result.verdict
+    assert "NOT CONFIRMED" in result.verdict
+
+
+def test_all_confirmations_failing_reports_the_highest_rate_that_held() -> None:
+    """The search passed ~64 rps in short steps, but every longer hold from there down failed
+    (a knee the short steps were lucky at): capacity is not the refuted figure but the highest
+    search step below the failed holds that passed, flagged unconfirmed everywhere."""
+    from experiments.model import step_at_capacity
+
+    server = CpuServer(demand=0.007, cores=0.5, confirm_limit=50.0)
+    result = find_capacity(server, SLO, start_rps=8.0, cpu_limit_cores=0.5,
+                           confirm=server.confirm)
+    searched = max(s.offered_rps for s in result.steps if s.passed and s.phase == "search")
+    assert len(server.confirmed) == 3 and min(server.confirmed) > 50.0  # all three failed
+    assert result.confirmed is False
+    held = [s.offered_rps for s in result.steps if s.passed and s.offered_rps < 50.0]
+    assert held and result.capacity_rps == max(held) < min(server.confirmed) < searched
+    named = step_at_capacity(result.steps)
+    assert named is not None and named.offered_rps == result.capacity_rps
+    assert result.p95_ms_at_capacity == named.p95_verdict_ms
+    assert result.summary_fields()["capacity_confirmed"] is False
+    assert "NOT CONFIRMED" in result.verdict and f"capacity is {result.capacity_rps:g}" in \
+        result.verdict and "unconfirmed" in result.verdict
+
+    # nothing below the failed holds passed: 0, not the refuted figure
+    lone = find_capacity(lambda r: step(r, p95=100.0), SLO, start_rps=40.0, max_steps=1,
+                         confirm=lambda r: replace(step(r, p95=900.0), duration_s=12.0))
+    assert lone.confirmed is False and lone.capacity_rps == 0.0
+    assert step_at_capacity(lone.steps) is None and "no step below them passed" in lone.verdict
 
 
 def test_capacity_names_the_confirmation_hold_and_reports_its_bound() -> None:

@@ -19,7 +19,9 @@ The search (what the report calls "capacity"):
 4. Confirm: hold the found rate longer than a search step (`confirm`). If that fails, step
    down by `precision` (the search's own resolution) and confirm again (at most
    `MAX_CONFIRMATIONS` times), like Nighthawk's adaptive load controller. Capacity is the
-   confirmed rate.
+   confirmed rate. If every confirmation fails, capacity is the highest rate that held: the
+   highest search step below the failed holds that passed (`confirmed` False says it is
+   unconfirmed), never the figure the holds refuted.
 5. A step measured while the load generator itself was saturated is *invalid*: it says nothing
    about the server. The search stops there and reports an honest bracket: capacity >= the
    last passing rate, the upper end being where the generator ran out of CPU (use more
@@ -135,6 +137,22 @@ def bound_sentence(capacity_rps: float | None, pct_of_cpu_bound: float | None,
     return (f"{capacity_rps:g} req/s = {pct_of_cpu_bound:.0f} % of the CPU bound (served "
             f"{served:.3g} of {cpu_bound_rps:.3g} req/s = {cores:.2g} cores / "
             f"{demand_cpu_ms:.2g} ms CPU per request)")
+
+
+def _unconfirmed(steps: list[StepResult], verdict: str) -> tuple[float, float | None, str]:
+    """Every confirmation hold failed: the search's figure did not hold, so capacity is the
+    highest rate that did — a passing step below the lowest failed confirmation (a short
+    search step, so still unconfirmed) — or 0 when none did."""
+    failed = min(s.offered_rps for s in steps
+                 if s.phase == "confirm" and not s.passed and not s.generator_saturated)
+    held = [s for s in steps if s.passed and s.offered_rps < failed]
+    best = max(held, key=lambda s: s.offered_rps) if held else None
+    capacity = best.offered_rps if best else 0.0
+    verdict += (f"; NOT CONFIRMED: every confirmation hold failed, down to {failed:g} rps, so "
+                "capacity is " + (f"{capacity:g} rps, the highest search step below them that "
+                                   "passed (unconfirmed)" if best else
+                                   "0: no step below them passed"))
+    return capacity, (best.p95_verdict_ms if best else None), verdict
 
 
 def _round_rate(rate: float) -> float:
@@ -291,8 +309,7 @@ def find_capacity(
             if rate < MIN_RPS:
                 break
         if confirmed is False:
-            verdict += (f"; not confirmed: every confirmation hold failed, down to "
-                        f"{steps[-1].offered_rps:g} rps")
+            capacity, p95, verdict = _unconfirmed(steps, verdict)
     return CapacityResult(capacity, p95, steps, (capacity, upper), False, verdict,
                           confirmed=confirmed, **extra)
 

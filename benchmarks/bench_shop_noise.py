@@ -1,0 +1,196 @@
+"""Where does the shop's capacity noise come from? Per-route CPU cost, per-step demand spread.
+
+    flock /tmp/scalelab-cpu.lock .venv/bin/python benchmarks/bench_shop_noise.py
+        [--variant micro] [--routes-n 60] [--steps 6] [--rates 8,30] [--hold 4]
+
+Deploys one shop variant (local backend, real cgroups, the run's cpu_scale) and measures on it:
+
+1. per route, CPU-milliseconds per request: `hey -n N -c 2` (an independent closed-loop
+   generator) on each URL the shopper mix sends, the instances' cgroup CPU time read before and
+   after (minus the idle CPU of the same span, measured first);
+2. the shopper mix (shop/locustfile.py, `?all=1` off as the capacity stage offers it) at fixed
+   rates, `--steps` steps each exactly as the quick search measures them (warm-up, hold): each
+   step's demand (CPU-seconds / request), their mean and coefficient of variation, and whether
+   the demand moves with the requests the deployment has already served (state drift);
+3. the host: steal and other processes' CPU share over each phase (/proc/stat).
+
+The mix's expected mean and the spread a step of n requests *should* have if requests were
+drawn independently from the mix (sqrt(var / n)) are printed next to the measured spread, so
+"the mix's sampling" can be confirmed or ruled out with figures. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from experiments.backends.local import LocalBackend  # noqa: E402
+from experiments.load.driver import LoadSession, LoadSettings  # noqa: E402
+from stacks.variant import load_variant, load_variants  # noqa: E402
+
+
+def proc_stat() -> list[int]:
+    """The aggregate cpu line of /proc/stat: user nice system idle iowait irq softirq steal."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:9]]
+
+
+def host_share(before: list[int], after: list[int]) -> tuple[float, float]:
+    """(busy share, steal share) of the host between two /proc/stat reads."""
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(d) or 1
+    busy = total - d[3] - d[4]
+    return busy / total, d[7] / total
+
+
+def hey_cost(url: str, n: int, cpu: callable, idle_cores: float, method: str = "GET",
+             body: str | None = None) -> tuple[float, float]:
+    """(CPU ms per request, requests/s) of `n` requests by hey -c 2 to `url`."""
+    cmd = ["hey", "-n", str(n), "-c", "2", "-m", method]
+    if body is not None:
+        cmd += ["-T", "application/json", "-d", body]
+    start_cpu, start = cpu(), time.monotonic()
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    took = time.monotonic() - start
+    used = cpu() - start_cpu - idle_cores * took
+    codes = [line.strip() for line in out.splitlines() if "responses" in line]
+    if not any(c.startswith("[2") for c in codes):
+        raise SystemExit(f"hey got no 2xx from {url}: {codes}")
+    return 1000 * used / n, n / took
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="micro")
+    parser.add_argument("--routes-n", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rates", default="8,30")
+    parser.add_argument("--hold", type=float, default=4.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--skip-routes", action="store_true")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    variant = load_variant(args.variant)
+    cpu_scale = LocalBackend.choose_cpu_scale(load_variants())
+    locustfile = variant.app.directory / variant.app.locustfile
+    out: dict[str, object] = {"variant": args.variant, "cpu_scale": cpu_scale}
+    with tempfile.TemporaryDirectory(prefix="scalelab-noise-") as state:
+        backend = LocalBackend(cpu_scale=cpu_scale, state_dir=Path(state))
+        with backend.deployed(variant) as dep:
+            cpu = dep.cpu_seconds
+            print(f"{args.variant}: {dep.cpu_limit_cores():.3f} cores (cpu_scale "
+                  f"{cpu_scale:.2f})", flush=True)
+            c0, t0 = cpu(), time.monotonic()
+            time.sleep(3)
+            idle = (cpu() - c0) / (time.monotonic() - t0)
+            print(f"idle: {1000 * idle:.2f} core-ms/s", flush=True)
+            out["idle_core_ms_per_s"] = 1000 * idle
+            if not args.skip_routes:
+                base = dep.url.rstrip("/")
+                n = args.routes_n
+                routes = [
+                    ("list page 1", f"{base}/products/?page=1", "GET", None),
+                    ("list page 5", f"{base}/products/?page=5", "GET", None),
+                    ("list category", f"{base}/products/?category=books&page=1", "GET", None),
+                    ("list deep 1875", f"{base}/products/?page=1875", "GET", None),
+                    ("list deep 3750", f"{base}/products/?page=3750", "GET", None),
+                    ("list deep 7500", f"{base}/products/?page=7500", "GET", None),
+                    ("product", f"{base}/products/4242/", "GET", None),
+                    ("search kettle", f"{base}/search/?q=kettle", "GET", None),
+                    ("search none", f"{base}/search/?q=nothing-matches-this", "GET", None),
+                    ("cart add", f"{base}/cart/", "POST",
+                     json.dumps({"product_id": 77, "quantity": 1})),
+                    ("order", f"{base}/orders/", "POST",
+                     json.dumps({"items": [{"product_id": 78, "quantity": 1},
+                                           {"product_id": 79, "quantity": 1}]})),
+                ]
+                costs = {}
+                for label, url, method, body in routes:
+                    h0 = proc_stat()
+                    ms, rps = hey_cost(url, n, cpu, idle, method, body)
+                    busy, steal = host_share(h0, proc_stat())
+                    costs[label] = ms
+                    print(f"  {label:<16} {ms:7.2f} CPU ms/request  ({rps:6.1f} req/s closed "
+                          f"loop; host busy {busy:.0%}, steal {steal:.1%})", flush=True)
+                out["route_cpu_ms"] = costs
+                # The mix's expected per-request cost and spread (locustfile weights, ?all=1 off):
+                # browse 42 (10 % deep: uniform over the catalogue ~ mean of the three deep
+                # points; 25 % category; the rest shallow), product 30, search 3, cart 14 +
+                # order 10 (about half the order tasks are orders, half cart adds).
+                deep = [costs["list deep 1875"], costs["list deep 3750"], costs["list deep 7500"]]
+                shallow = (costs["list page 1"] + costs["list page 5"]) / 2
+                parts = [  # (share of requests, cost ms)
+                    (0.42 * 0.1, statistics.mean(deep)),
+                    (0.42 * 0.9 * 0.25, costs["list category"]),
+                    (0.42 * 0.9 * 0.75, shallow),
+                    (0.30, costs["product"]),
+                    (0.03, (costs["search kettle"] + costs["search none"]) / 2),
+                    (0.14 + 0.05, costs["cart add"]),
+                    (0.05, costs["order"]),
+                ]
+                total = sum(w for w, _ in parts)
+                mean = sum(w * c for w, c in parts) / total
+                second = sum(w * c * c for w, c in parts) / total
+                # a deep page's cost is spread over 0..max too: add its own variance (uniform)
+                deep_var = (costs["list deep 7500"] - shallow) ** 2 / 12
+                second += 0.042 * deep_var / total
+                sd = (second - mean * mean) ** 0.5
+                print(f"  mix: expected {mean:.2f} ms/request, per-request sd {sd:.2f} ms; "
+                      "share of CPU: " + ", ".join(
+                          f"{name} {100 * w * c / total / mean:.0f} %" for name, (w, c) in zip(
+                              ("deep", "category", "shallow", "product", "search", "cart",
+                               "order"), parts, strict=True)), flush=True)
+                out["mix_expected_ms"], out["mix_sd_ms"] = mean, sd
+            settings = LoadSettings(locustfile, env={"SHOP_ALL_WEIGHT": "0"})
+            steps_out = []
+            served = 0
+            with LoadSession(dep.url, settings) as load:
+                for rate in (float(r) for r in args.rates.split(",")):
+                    demands = []
+                    for i in range(args.steps):
+                        h0 = proc_stat()
+                        step = load.step(rate, args.warmup, args.hold, cpu_seconds=cpu)
+                        busy, steal = host_share(h0, proc_stat())
+                        served += step.requests
+                        d = None
+                        if step.server_cpu_s is not None and step.requests:
+                            # raw: what the search divides (cgroup CPU / requests, idle in)
+                            d = 1000 * step.server_cpu_s / step.requests
+                            demands.append(d)
+                        steps_out.append({"rate": rate, "i": i, "requests": step.requests,
+                                          "demand_ms": d, "p95_ms": step.p95_ms,
+                                          "served_before": served, "host_busy": busy,
+                                          "steal": steal})
+                        print(f"  mix {rate:g} req/s #{i + 1}: {step.requests} requests, "
+                              f"demand {d or 0:.2f} ms, p95 {step.p95_ms:.0f} ms, host busy "
+                              f"{busy:.0%} steal {steal:.1%}", flush=True)
+                        time.sleep(0.5)
+                    if len(demands) > 1:
+                        cv = statistics.stdev(demands) / statistics.mean(demands)
+                        n_mean = statistics.mean(
+                            s["requests"] for s in steps_out if s["rate"] == rate)
+                        expected = ""
+                        if "mix_sd_ms" in out:
+                            cv_draws = (out["mix_sd_ms"] / out["mix_expected_ms"]  # type: ignore[operator]
+                                        / n_mean ** 0.5)
+                            expected = (f"; independent draws of {n_mean:.0f} requests would "
+                                        f"give CV {cv_draws:.1%}")
+                        print(f"  mix {rate:g} req/s: demand mean {statistics.mean(demands):.2f} "
+                              f"ms, CV {cv:.1%}{expected}", flush=True)
+            out["steps"] = steps_out
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
