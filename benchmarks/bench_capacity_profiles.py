@@ -70,9 +70,16 @@ def main() -> int:
                     trail = " ".join(f"{s.offered_rps:g}{'+' if s.passed else '-'}"
                                      + ("c" if s.phase == "confirm" else "")
                                      for s in result.steps)
+                    first = next((s for s in result.steps
+                                  if s.server_cpu_s is not None and s.requests), None)
+                    first_ms = ""
+                    if first is not None and first.server_cpu_s:
+                        first_ms = (f"; first step's demand "
+                                    f"{1000 * first.server_cpu_s / first.requests:.2f} ms")
                     print(f"  {profile_name} #{i + 1}: {result.capacity_rps:g} req/s in "
-                          f"{took:.0f} s, {len(result.steps)} steps [{trail}]; "
-                          f"{result.bound_sentence()}", flush=True)
+                          f"{took:.0f} s, {len(result.steps)} steps [{trail}]"
+                          f"{'' if result.confirmed is not False else ' UNCONFIRMED'}; "
+                          f"{result.bound_sentence()}{first_ms}", flush=True)
                     if profile_name == "quick":
                         quick.append(result.capacity_rps)
                     else:
