@@ -447,3 +447,45 @@ def test_pct_of_cpu_bound_compares_the_served_throughput() -> None:
     assert result.bound_sentence() == ("42.5 req/s = 99 % of the CPU bound (served 41.2 of "
                                        "41.8 req/s = 0.33 cores / 7.9 ms CPU per request)")
     assert result.summary_fields()["capacity_pct_of_cpu_bound"] == 98.6
+
+
+class Backlogged:
+    """A deployment whose instances stay busy (at their limit) for `busy_s` after the step, on
+    a fake clock: the drain must wait that out, and no longer."""
+
+    def __init__(self, busy_s: float, cores: float | None = 0.33) -> None:
+        self.t = 0.0
+        self.busy_s = busy_s
+        self.cores = cores
+
+    def clock(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+    def cpu_limit_cores(self) -> float | None:
+        return self.cores
+
+    def cpu_seconds(self) -> float | None:
+        idle = 0.005 * self.t  # housekeeping: 1.5 % of the limit, below the idle share
+        return idle + 0.33 * min(self.t, self.busy_s)
+
+
+@pytest.mark.parametrize("busy_s", [0.0, 1.3, 4.0])
+def test_the_next_step_waits_for_the_backlog_to_drain(busy_s: float) -> None:
+    from experiments.load.search import DRAIN_POLL_S, wait_until_drained
+
+    dep = Backlogged(busy_s)
+    waited = wait_until_drained(dep, 12.0, clock=dep.clock, sleep=dep.sleep)  # type: ignore[arg-type]
+    assert busy_s <= waited <= busy_s + 2 * DRAIN_POLL_S + 1e-9
+
+
+def test_the_drain_gives_up_and_needs_a_cpu_signal() -> None:
+    from experiments.load.search import wait_until_drained
+
+    busy = Backlogged(busy_s=100.0)
+    assert wait_until_drained(busy, 3.0, clock=busy.clock, sleep=busy.sleep) == pytest.approx(  # type: ignore[arg-type]
+        3.0, abs=0.3)
+    blind = Backlogged(busy_s=100.0, cores=None)  # AWS: no fast CPU signal, nothing to wait on
+    assert wait_until_drained(blind, 3.0, clock=blind.clock, sleep=blind.sleep) == 0.0  # type: ignore[arg-type]

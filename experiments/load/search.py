@@ -19,6 +19,41 @@ if TYPE_CHECKING:
     from experiments.load.driver import LoadSession
 
 
+DRAIN_IDLE_SHARE = 0.1
+"""The server has worked off its backlog when its instances use less than this share of their
+CPU limit (idle housekeeping is ~1 %; one request in service uses all of a small box)."""
+DRAIN_POLL_S = 0.25
+DRAIN_LIMIT_HOLDS = 3.0
+"""Give up waiting after this many of the step's holds (a server busy on its own, e.g. cron)."""
+
+
+def wait_until_drained(deployment: Deployment, limit_s: float,
+                       clock: Callable[[], float] = time.monotonic,
+                       sleep: Callable[[float], None] = time.sleep) -> float:
+    """Wait until the deployment's CPU falls idle, at most `limit_s`; return the seconds waited.
+
+    Why: an overloaded step leaves a queue in the load balancer and the workers (on the shop,
+    scans of ~0.6 s each at a micro's 0.33 cores). A fixed short cooldown let it spill into
+    the next step, which then failed too: measured on micro, a search failed 48.5, 41.2 and
+    35 req/s in a row after its aim failed, while another search passed 42.7. Without a CPU
+    signal (AWS: CloudWatch is minutes late) the profile's cooldown is all there is.
+    """
+    cores = deployment.cpu_limit_cores()
+    last = deployment.cpu_seconds()
+    if not cores or last is None:
+        return 0.0
+    began = then = clock()
+    while clock() - began < limit_s:
+        sleep(DRAIN_POLL_S)
+        now, used = clock(), deployment.cpu_seconds()
+        if used is None:
+            break
+        if now > then and (used - last) / (now - then) < DRAIN_IDLE_SHARE * cores:
+            break
+        last, then = used, now
+    return clock() - began
+
+
 def search_capacity(
     load: LoadSession,
     deployment: Deployment,
@@ -29,6 +64,9 @@ def search_capacity(
 ) -> CapacityResult:
     """Guided search (when the deployment reports its CPU) plus the profile's confirmation.
 
+    After each step the profile's cooldown, then (given a CPU signal) a wait until the server
+    has worked off what the step left queued, so no step inherits the last one's backlog.
+
     `on_rate(rps, phase)` is told each rate before it is measured (for progress display).
     """
 
@@ -37,6 +75,7 @@ def search_capacity(
             on_rate(rps, phase)
         result = load.step(rps, profile.warmup_s, hold_s, cpu_seconds=deployment.cpu_seconds)
         time.sleep(profile.cooldown_s)
+        wait_until_drained(deployment, DRAIN_LIMIT_HOLDS * hold_s)
         return result
 
     confirm = None
