@@ -70,6 +70,11 @@ def main() -> int:
                     trail = " ".join(f"{s.offered_rps:g}{'+' if s.passed else '-'}"
                                      + ("c" if s.phase == "confirm" else "")
                                      for s in result.steps)
+                    # per step: CPU ms per request and the host's busy share (other processes)
+                    detail = " ".join(
+                        f"{s.offered_rps:g}:{1000 * s.server_cpu_s / s.requests:.1f}ms/"
+                        f"{(s.host_busy or 0):.0%}" for s in result.steps
+                        if s.server_cpu_s is not None and s.requests)
                     first = next((s for s in result.steps
                                   if s.server_cpu_s is not None and s.requests), None)
                     first_ms = ""
@@ -79,7 +84,8 @@ def main() -> int:
                     print(f"  {profile_name} #{i + 1}: {result.capacity_rps:g} req/s in "
                           f"{took:.0f} s, {len(result.steps)} steps [{trail}]"
                           f"{'' if result.confirmed is not False else ' UNCONFIRMED'}; "
-                          f"{result.bound_sentence()}{first_ms}", flush=True)
+                          f"{result.bound_sentence()}{first_ms}\n    demand/host busy: "
+                          f"{detail}", flush=True)
                     if profile_name == "quick":
                         quick.append(result.capacity_rps)
                     else:
