@@ -489,3 +489,16 @@ def test_the_drain_gives_up_and_needs_a_cpu_signal() -> None:
         3.0, abs=0.3)
     blind = Backlogged(busy_s=100.0, cores=None)  # AWS: no fast CPU signal, nothing to wait on
     assert wait_until_drained(blind, 3.0, clock=blind.clock, sleep=blind.sleep) == 0.0  # type: ignore[arg-type]
+
+
+def test_failed_confirmations_step_down_further_each_time() -> None:
+    """The long hold holds 12 % below the short steps' figure (a queue that builds slowly near
+    the knee): 5 % then 10 % steps reach it within three holds; 5 % steps alone (0.9025) did
+    not, and the search ended unconfirmed."""
+    found = find_capacity(CpuServer(demand=0.007, cores=0.5), SLO, start_rps=8.0,
+                          cpu_limit_cores=0.5).capacity_rps
+    server = CpuServer(demand=0.007, cores=0.5, confirm_limit=0.88 * found)
+    result = find_capacity(server, SLO, start_rps=8.0, cpu_limit_cores=0.5,
+                           confirm=server.confirm)
+    assert server.confirmed == pytest.approx([found, 0.95 * found, 0.855 * found], rel=0.01)
+    assert result.confirmed is True and result.capacity_rps == server.confirmed[-1]

@@ -17,11 +17,11 @@ The search (what the report calls "capacity"):
 3. If the very first step fails, halve the rate until a step passes or the rate falls below
    `MIN_RPS`, then bisect as above; if nothing passes, capacity is 0.
 4. Confirm: hold the found rate longer than a search step (`confirm`). If that fails, step
-   down by `precision` (the search's own resolution) and confirm again (at most
-   `MAX_CONFIRMATIONS` times), like Nighthawk's adaptive load controller. Capacity is the
-   confirmed rate. If every confirmation fails, capacity is the highest rate that held: the
-   highest search step below the failed holds that passed (`confirmed` False says it is
-   unconfirmed), never the figure the holds refuted.
+   down by `precision` (the search's own resolution), then by twice that, and confirm again
+   (at most `MAX_CONFIRMATIONS` holds: down to 0.855 of the found rate), like Nighthawk's
+   adaptive load controller. Capacity is the confirmed rate. If every confirmation fails,
+   capacity is the highest rate that held: the highest search step below the failed holds
+   that passed (`confirmed` False says it is unconfirmed), never the figure they refuted.
 5. A step measured while the load generator itself was saturated is *invalid*: it says nothing
    about the server. The search stops there and reports an honest bracket: capacity >= the
    last passing rate, the upper end being where the generator ran out of CPU (use more
@@ -291,7 +291,7 @@ def find_capacity(
     confirmed: bool | None = None
     if confirm is not None and best is not None:
         rate = capacity
-        for _ in range(MAX_CONFIRMATIONS):
+        for attempt in range(MAX_CONFIRMATIONS):
             step = record(slo.judge(replace(confirm(rate), phase="confirm")))
             if step.generator_saturated:
                 break
@@ -305,7 +305,8 @@ def find_capacity(
                 capacity, p95 = rate, step.p95_verdict_ms
                 break
             confirmed = False
-            rate = _round_rate(rate * (1 - precision))
+            # each failed hold is more evidence the knee lies lower: 5 %, then 10 % down
+            rate = _round_rate(rate * (1 - precision * 2 ** attempt))
             if rate < MIN_RPS:
                 break
         if confirmed is False:
