@@ -12,7 +12,9 @@ Deploys one shop variant (local backend, real cgroups, the run's cpu_scale) and 
    rates, `--steps` steps each exactly as the quick search measures them (warm-up, hold): each
    step's demand (CPU-seconds / request), their mean and coefficient of variation, and whether
    the demand moves with the requests the deployment has already served (state drift);
-3. the host: steal and other processes' CPU share over each phase (/proc/stat).
+3. the host: steal and other processes' CPU share over each phase (/proc/stat), and with
+   `--host-probe S` the CPU time a fixed piece of work takes alone and beside a busy second
+   CPU (on this 2-vCPU host it varied 20-36 ms for the same work: see the report of issue 10).
 
 The mix's expected mean and the spread a step of n requests *should* have if requests were
 drawn independently from the mix (sqrt(var / n)) are printed next to the measured spread, so
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -52,6 +55,45 @@ def host_share(before: list[int], after: list[int]) -> tuple[float, float]:
     return busy / total, d[7] / total
 
 
+def fixed_work_ms() -> float:
+    """CPU milliseconds (this thread's) of a fixed piece of Python work: constant on a host
+    whose speed holds still. /burn-style apps burn a fixed CPU *time* and cannot see this."""
+    start, acc = time.thread_time(), 0
+    for i in range(400_000):
+        acc += i * i % 7
+    return 1000 * (time.thread_time() - start)
+
+
+def host_speed(seconds: float) -> dict[str, float]:
+    """The fixed work on CPU 0, repeated: alone, then with a spinning process on CPU 1 (the
+    load generator's and HAProxy's place during a step). Returns mean and CV of each."""
+    def series(s: float) -> list[float]:
+        out, end = [], time.monotonic() + s
+        while time.monotonic() < end:
+            out.append(fixed_work_ms())
+            time.sleep(0.3)
+        return out
+
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        alone = series(seconds)
+        spin = subprocess.Popen([sys.executable, "-c", "import os, time\n"
+                                 "os.sched_setaffinity(0, {1})\n"
+                                 f"end = time.monotonic() + {seconds + 1}\n"
+                                 "while time.monotonic() < end: pass"])
+        try:
+            time.sleep(0.5)
+            busy = series(seconds)
+        finally:
+            spin.wait()
+    finally:
+        os.sched_setaffinity(0, before)
+    return {f"{name}_{k}": v for name, xs in (("alone", alone), ("other_cpu_busy", busy))
+            for k, v in (("mean_ms", statistics.mean(xs)),
+                         ("cv", statistics.stdev(xs) / statistics.mean(xs)))}
+
+
 def hey_cost(url: str, n: int, cpu: callable, idle_cores: float, method: str = "GET",
              body: str | None = None) -> tuple[float, float]:
     """(CPU ms per request, requests/s) of `n` requests by hey -c 2 to `url`."""
@@ -78,11 +120,19 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--skip-routes", action="store_true")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--host-probe", type=float, default=0.0, metavar="S",
+                        help="first time a fixed piece of work S s alone and S s beside a "
+                             "busy CPU 1 (needs 2 CPUs), and print both")
     args = parser.parse_args()
+    out: dict[str, object] = {}
+    if args.host_probe > 0:
+        out["host_speed"] = speed = host_speed(args.host_probe)
+        print("host: fixed work " + ", ".join(f"{k} {v:.3g}" for k, v in speed.items()),
+              flush=True)
     variant = load_variant(args.variant)
     cpu_scale = LocalBackend.choose_cpu_scale(load_variants())
     locustfile = variant.app.directory / variant.app.locustfile
-    out: dict[str, object] = {"variant": args.variant, "cpu_scale": cpu_scale}
+    out.update({"variant": args.variant, "cpu_scale": cpu_scale})
     with tempfile.TemporaryDirectory(prefix="scalelab-noise-") as state:
         backend = LocalBackend(cpu_scale=cpu_scale, state_dir=Path(state))
         with backend.deployed(variant) as dep:
