@@ -245,3 +245,30 @@ def test_cpu_bound_sentence_and_capacity_interval_in_the_report(tmp_path: Path) 
     assert len(bars) == 1  # only micro has an interval
     segments = bars[0].lines[2][0].get_segments()
     assert [tuple(p[1] for p in seg) for seg in segments] == [pytest.approx((10.5, 13.5))]
+
+
+def test_an_unconfirmed_capacity_says_so_wherever_it_is_shown(tmp_path: Path) -> None:
+    """Every confirmation hold failed: the capacity is the highest search step that passed and
+    reads `unconfirmed` in summary.md, report.html, summary.csv and the console table."""
+    from rich.console import Console
+
+    from experiments.report.console import print_summary_table
+    from experiments.results import RunStore, VariantSummary
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    path = run / "micro" / "result.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "capacity_confirmed": False}))
+    build_report(run)
+    md_rows = {line.split("|")[1].strip(" *★"): line for line in  # the measured table
+               (run / "summary.md").read_text().splitlines()
+               if line.startswith("| ") and " × " in line}
+    assert "unconfirmed" in md_rows["micro"] and "unconfirmed" not in md_rows["micro-swap"]
+    html = (run / "report.html").read_text()
+    assert html.count(" unconfirmed</b>") == 2  # the comparison table and micro's card
+    csv_rows = {r["variant"]: r for r in csv.DictReader((run / "summary.csv").open())}
+    assert csv_rows["micro"]["capacity_confirmed"] == "False"
+    summary = RunStore.open(run).write_summary()
+    out = Console(record=True, width=250)
+    print_summary_table(summary, [VariantSummary.from_dict(v) for v in summary["variants"]], out)
+    assert out.export_text().count("unconfirmed") == 1

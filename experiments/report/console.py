@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from experiments.report.tables import UNCONFIRMED
 from experiments.results import VariantSummary
 
 LEFT = ("variant", "failure", "instances")
@@ -35,7 +36,8 @@ def print_summary_table(summary: dict[str, Any], variants: list[VariantSummary],
             v.name,
             f"{v.count}×{v.instance_type}" + ("+ALB" if v.load_balancer else "")
             + (f", swap {v.swap_mib / 1024:g} GiB" if v.swap_mib else ""),
-            f"{v.capacity_rps:.1f}" + ("" if v.capacity_ci95 is None else
+            f"{v.capacity_rps:.1f}" + (UNCONFIRMED if v.capacity_confirmed is False else "")
+            + ("" if v.capacity_ci95 is None else
                                        f" ({v.capacity_ci95[0]:.1f}–{v.capacity_ci95[1]:.1f})")
             + (f" → {v.sustained_capacity_rps:.1f}" if v.sustained_capacity_rps is not None
                and v.sustained_capacity_rps < v.capacity_rps - 0.05 else ""),

@@ -23,6 +23,7 @@ CSV_COLUMNS = [
     "aws_sustained_capacity_rps", "aws_p95_ms_at_capacity", "aws_survival_s",
     "aws_usd_per_million_requests", "aws_capacity_per_usd_hour",
     "sustained_capacity_rps", "credit_runway_minutes", "sustained_capacity_per_usd_hour",
+    "capacity_confirmed",
 ]
 
 
@@ -60,6 +61,7 @@ def variant_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "capacity_ci95_low": v.capacity_ci95[0] if v.capacity_ci95 else None,
             "capacity_ci95_high": v.capacity_ci95[1] if v.capacity_ci95 else None,
             "capacity_rsd": v.capacity_rsd,
+            "capacity_confirmed": v.capacity_confirmed,
             "capacity_runs": " ".join(f"{r:g}" for r in v.capacity_runs) or None,
             "cpu_bound_sentence": bound_sentence(v.capacity_rps, v.capacity_pct_of_cpu_bound,
                                                  v.cpu_bound_rps, v.demand_cpu_ms),
@@ -115,11 +117,17 @@ def best_value(rows: list[dict[str, Any]], burst: bool = False) -> str | None:
     return max(priced, key=lambda r: per_dollar(r, burst) or 0.0)["variant"]
 
 
+UNCONFIRMED = " unconfirmed"
+"""After a capacity whose confirmation holds all failed: the figure is the highest search step
+that passed, not one a long hold carried."""
+
+
 def fmt_capacity(row: dict[str, Any], interval: bool = True) -> str:
     """`68.0`, `68.0 → 4.5` when the sustained capacity (credits gone) is lower, and the
-    burst figure's 95 % interval when the run repeated its searches: `31.0 (28.4–33.6)`."""
+    burst figure's 95 % interval when the run repeated its searches: `31.0 (28.4–33.6)`;
+    `37.2 unconfirmed` when every confirmation hold failed (the highest step that passed)."""
     burst, sustained = row.get("capacity_rps"), row.get("sustained_capacity_rps")
-    text = fmt_num(burst)
+    text = fmt_num(burst) + (UNCONFIRMED if row.get("capacity_confirmed") is False else "")
     ci = fmt_interval(row.get("capacity_ci95_low"), row.get("capacity_ci95_high"))
     if ci and interval:
         text += f" ({ci})"
