@@ -204,3 +204,48 @@ def test_a_sustained_step_holds_enough_arrivals_to_be_judged() -> None:
                           p50_ms=200, p95_ms=300, p99_ms=400, error_rate=0.0,
                           requests=round(scheduled) - 1, duration_s=hold)
         assert slo.judge(step).passed is passed, (hold, slo.judge(step).verdict)
+
+
+def test_every_sustained_step_waits_for_its_backlog_to_drain(monkeypatch) -> None:
+    """Like the burst search (experiments.load.search): at the baseline a backlog drains ten
+    times slower, so a failed sustained step must not hand its queue to the next one."""
+    from dataclasses import replace
+
+    from experiments.load import sustained as mod
+    from experiments.load.capacity import CapacityResult
+    from experiments.load.driver import LoadSettings
+    from experiments.model import Observations, Slo, StepResult
+    from experiments.profiles import get_profile
+    from stacks.variant import load_variant
+
+    drained: list[tuple[object, float]] = []
+    held: list[float] = []
+
+    class Session:  # the load generator: the box carries up to 4 req/s at its baseline
+        def __init__(self, url: str, settings: LoadSettings) -> None: ...
+        def __enter__(self) -> Session: return self
+        def __exit__(self, *exc: object) -> None: ...
+
+        def step(self, rps: float, warmup_s: float, hold_s: float) -> StepResult:
+            held.append(hold_s)
+            return StepResult(offered_rps=rps, achieved_rps=rps, p50_ms=100, p95_ms=200,
+                              p99_ms=300, error_rate=0.0, requests=round(rps * hold_s),
+                              duration_s=hold_s, passed=rps <= 4.0)
+
+    class Deployment:
+        url = "http://127.0.0.1:9"
+        def observe(self) -> Observations: return Observations(signals=[], logs=[])
+        def set_credits(self, start: str) -> bool: return True
+
+    monkeypatch.setattr(mod, "LoadSession", Session)
+    monkeypatch.setattr(mod, "wait_until_drained",
+                        lambda dep, limit_s: drained.append((dep, limit_s)) or 0.0)
+    profile = replace(get_profile("quick"), cooldown_s=0.0)
+    search = mod.SustainedSearch(load_variant("micro"), profile, Slo(), "launch", 0.33,
+                                 LoadSettings(locustfile="shop/locustfile.py"))
+    deployment = Deployment()
+    burst = CapacityResult(40.0, 200.0, [], (40.0, 44.0))
+    found = search.run(deployment, burst, lambda rps: None, lambda step: None)  # type: ignore[arg-type]
+    assert found is not None and found.source == "measured" and held
+    assert [d for d, _ in drained] == [deployment] * len(held)
+    assert [limit for _, limit in drained] == [mod.DRAIN_LIMIT_HOLDS * h for h in held]

@@ -15,6 +15,7 @@ from experiments.backends.base import Deployment
 from experiments.credits_model import Sustained, estimated_sustained_rps, vcpus_used_during
 from experiments.load.capacity import CapacityResult, find_capacity
 from experiments.load.driver import LoadSession, LoadSettings
+from experiments.load.search import DRAIN_LIMIT_HOLDS, wait_until_drained
 from experiments.model import Slo, StepResult, step_at_capacity
 from experiments.profiles import Profile
 from stacks.catalog import load_catalog
@@ -77,9 +78,11 @@ class SustainedSearch:
             with LoadSession(deployment.url, self.load) as load:
                 def measure(rps: float) -> StepResult:
                     on_rate(rps)
-                    result = load.step(rps, self.profile.warmup_s,
-                                       sustained_hold_s(self.profile.hold_s, rps))
+                    hold_s = sustained_hold_s(self.profile.hold_s, rps)
+                    result = load.step(rps, self.profile.warmup_s, hold_s)
                     time.sleep(self.profile.cooldown_s)
+                    # at the baseline a backlog drains ten times slower than at burst
+                    wait_until_drained(deployment, DRAIN_LIMIT_HOLDS * hold_s)
                     return result
 
                 # Aimed below the estimate, so the search grows into the answer in few steps.
