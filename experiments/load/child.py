@@ -35,12 +35,14 @@ rate. In closed-loop mode (survival) the gate lets every user through at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -48,6 +50,7 @@ from typing import IO, Any
 import gevent
 import psutil
 from gevent.fileobject import FileObjectPosix
+from gevent.hub import Waiter
 from gevent.queue import Queue
 from locust import User, events
 from locust.env import Environment
@@ -232,20 +235,37 @@ class Recorder:
 class ArrivalGate:
     """Hands each scheduled arrival to a free user; a user never sends without one.
 
-    `pace(rate)` starts a dispatcher greenlet that puts every arrival into a queue at its due
-    time; a free user takes the oldest one (dropping and counting any that are already
-    `DROP_AFTER_S` late), notes its due time for the corrected latency, and runs one task.
+    `pace(rate)` arms a timer in gevent's hub. Each time it fires (at the next due time, at
+    most every DISPATCH_TICK_S) it appends the arrivals now due to a backlog, drops and counts
+    any that are DROP_AFTER_S late, and hands the oldest ones to idle users. The hand-over is
+    a direct switch from the hub into the user's greenlet (gevent's Waiter), which sends its
+    request at once and switches back when it blocks on the socket: no queue and no extra
+    trip through the event loop per arrival.
+
+    Idle users form a stack, most recently freed on top. The few users needed to carry the
+    rate are reused over and over (their connections and greenlets stay hot in the CPU's
+    caches) while the rest of the pool waits as a reserve for slow responses. A FIFO hand-out
+    rotated every request through all of the pool's users and connections (up to 2,000 per
+    process): measured 3,500 req/s of one core instead of 7,000 closed loop.
     """
 
     def __init__(self, recorder: Recorder, runner: Runner) -> None:
         self.recorder = recorder
         self.closed_loop = False
-        self.waiting = 0
-        """Users waiting at the gate; the others are sending (or starting up)."""
+        self._idle: list[Waiter] = []
+        """Users waiting at the gate (a stack: the last one freed is handed the next arrival)."""
+        self._backlog: deque[float] = deque()
+        """Due arrivals no user has taken yet, oldest first."""
         recorder.in_flight = lambda: 0 if self.closed_loop else max(
-            0, runner.user_count - self.waiting)
-        self._queue: Queue[float] = Queue()
-        self._dispatcher: gevent.Greenlet | None = None
+            0, runner.user_count - len(self._idle))
+        self._hub = gevent.get_hub()
+        self._schedule: Schedule | None = None
+        self._timer: Any = None
+
+    @property
+    def waiting(self) -> int:
+        """Users waiting at the gate; the others are sending (or starting up)."""
+        return len(self._idle)
 
     def install(self, user_class: type[User]) -> None:
         """Gate every task of `user_class`, its first one included (Locust runs that at once)."""
@@ -265,40 +285,71 @@ class ArrivalGate:
 
     def pace(self, rate: float | None, phase: float = 0.0) -> None:
         """rate > 0: open model at `rate` arrivals/s; 0: idle (nobody sends); None: closed loop."""
-        if self._dispatcher is not None:
-            self._dispatcher.kill(block=True)
-            self._dispatcher = None
-        while not self._queue.empty():  # the last step's unsent arrivals belong to no one
-            self._queue.get_nowait()
+        self._disarm()
+        self._backlog.clear()  # the last step's unsent arrivals belong to no one
         self.recorder.due.clear()
         self.closed_loop = rate is None
-        if rate:
-            schedule = Schedule(rate, time.monotonic(), phase)
-            self._dispatcher = gevent.spawn(self._dispatch, schedule)
+        if self.closed_loop:  # release every waiting user: from now on nobody waits
+            idle, self._idle = self._idle, []
+            for waiter in idle:
+                self._hub.loop.run_callback(waiter.switch, None)
+        elif rate:
+            self._schedule = Schedule(rate, time.monotonic(), phase)
+            self._arm(self._schedule.next_due() - time.monotonic())
 
-    def _dispatch(self, schedule: Schedule) -> None:
-        while True:
+    def _arm(self, delay: float) -> None:
+        self._timer = self._hub.loop.timer(max(DISPATCH_TICK_S, delay))
+        self._timer.start(self._tick)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
+            self._timer = None
+        self._schedule = None
+
+    def _tick(self) -> None:
+        """In the hub: queue the arrivals now due, drop the hopeless, hand out the rest."""
+        schedule = self._schedule
+        if schedule is None:
+            return
+        try:
             now = time.monotonic()
+            window = self.recorder.window
+            backlog = self._backlog
             for due in schedule.take_due(now):
-                self.recorder.window.scheduled += 1
-                self._queue.put(due)
-            while not self._queue.empty() and too_late(self._queue.peek(), now):
-                self._queue.get_nowait()
-                self.recorder.window.dropped += 1
-            # At most one wake-up per DISPATCH_TICK_S: at thousands of arrivals a second,
-            # handing out a few per wake-up costs far less CPU than one wake-up each.
-            gevent.sleep(max(DISPATCH_TICK_S, schedule.next_due() - time.monotonic()))
+                window.scheduled += 1
+                backlog.append(due)
+            while backlog and too_late(backlog[0], now):
+                backlog.popleft()
+                window.dropped += 1
+            idle = self._idle
+            while backlog and idle and self._schedule is schedule:
+                # Runs the user until it blocks on its socket, then comes back here.
+                idle.pop().switch(backlog.popleft())
+        finally:
+            if self._schedule is schedule:
+                # At most one wake-up per DISPATCH_TICK_S: at thousands of arrivals a
+                # second, handing out a few per wake-up costs far less than one wake-up each.
+                self._arm(schedule.next_due() - time.monotonic())
 
     def wait_for_arrival(self) -> None:
         """Block the calling user until an arrival is due (closed loop: return at once)."""
-        if self.closed_loop:
-            return
-        while True:
-            self.waiting += 1
-            try:
-                due = self._queue.get()
-            finally:
-                self.waiting -= 1
+        backlog = self._backlog
+        while not self.closed_loop:
+            if backlog:
+                due: float | None = backlog.popleft()
+            else:
+                waiter: Waiter = Waiter(self._hub)
+                self._idle.append(waiter)
+                try:
+                    due = waiter.get()
+                except BaseException:  # killed while idle (the pool is stopping)
+                    with contextlib.suppress(ValueError):
+                        self._idle.remove(waiter)
+                    raise
+                if due is None:  # released: closed loop from now on
+                    return
             if too_late(due, time.monotonic()):
                 self.recorder.window.dropped += 1
                 continue
