@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,7 +56,15 @@ def run_once(variants: str, scale: float, profile: str, out: Path,
            "--variants", variants, "--profile", profile, "--cpu-scale", f"{scale:g}",
            "--out", str(out)] + (["--repeat", str(searches)] if searches else [])
     started = time.monotonic()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as run:
+        try:
+            stdout, stderr = run.communicate()
+        except KeyboardInterrupt:  # let the run tear its deployment down (not SIGKILL)
+            run.send_signal(signal.SIGINT)
+            run.wait(timeout=120)
+            raise
+    done = subprocess.CompletedProcess(cmd, run.returncode, stdout, stderr)
     elapsed = time.monotonic() - started
     new = sorted(set(out.glob("*/summary.json")) - before)
     if done.returncode != 0 or not new:

@@ -337,19 +337,21 @@ class ArrivalGate:
         """Block the calling user until an arrival is due (closed loop: return at once)."""
         backlog = self._backlog
         while not self.closed_loop:
+            due: float
             if backlog:
-                due: float | None = backlog.popleft()
+                due = backlog.popleft()
             else:
                 waiter: Waiter = Waiter(self._hub)
                 self._idle.append(waiter)
                 try:
-                    due = waiter.get()
+                    handed: float | None = waiter.get()
                 except BaseException:  # killed while idle (the pool is stopping)
                     with contextlib.suppress(ValueError):
                         self._idle.remove(waiter)
                     raise
-                if due is None:  # released: closed loop from now on
+                if handed is None:  # released: closed loop from now on
                     return
+                due = handed
             if too_late(due, time.monotonic()):
                 self.recorder.window.dropped += 1
                 continue
