@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from experiments.model import Slo, StepResult
+from experiments.model import Slo, StepResult, step_at_capacity
 
 MIN_RPS = 0.5
 """Below this an open-model step holds too few arrivals to say anything."""
@@ -93,8 +93,6 @@ class CapacityResult:
         """Throughput served at capacity (the step `step_at_capacity` names): what the CPU
         bound, itself a throughput, is compared with. An offered rate can exceed what was
         served, so a percentage of offered could read above 100 % on a box that was full."""
-        from experiments.model import step_at_capacity
-
         at = step_at_capacity(self.steps)
         return None if at is None else at.achieved_rps
 
@@ -145,8 +143,7 @@ def _unconfirmed(steps: list[StepResult], verdict: str) -> tuple[float, float | 
     search step, so still unconfirmed) — or 0 when none did."""
     failed = min(s.offered_rps for s in steps
                  if s.phase == "confirm" and not s.passed and not s.generator_saturated)
-    held = [s for s in steps if s.passed and s.offered_rps < failed]
-    best = max(held, key=lambda s: s.offered_rps) if held else None
+    best = step_at_capacity(steps)  # the one rule: the highest pass below the refuted holds
     capacity = best.offered_rps if best else 0.0
     verdict += (f"; NOT CONFIRMED: every confirmation hold failed, down to {failed:g} rps, so "
                 "capacity is " + (f"{capacity:g} rps, the highest search step below them that "
