@@ -7,7 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from experiments.load.capacity import MIN_RPS, find_capacity, service_demand_s
+from experiments.load.capacity import (
+    MIN_RPS,
+    _next_confirmation,
+    find_capacity,
+    service_demand_s,
+)
 from experiments.load.histogram import Window
 from experiments.load.pacing import DROP_AFTER_S, Schedule, pool_users, too_late
 from experiments.load.survival import Second, SurvivalRule
@@ -404,6 +409,35 @@ def test_all_confirmations_failing_reports_the_highest_rate_that_held() -> None:
                          confirm=lambda r: replace(step(r, p95=900.0), duration_s=12.0))
     assert lone.confirmed is False and lone.capacity_rps == 0.0
     assert step_at_capacity(lone.steps) is None and "no step below them passed" in lone.verdict
+
+
+def test_a_hold_the_box_could_not_keep_up_with_aims_the_next_below_what_it_served() -> None:
+    """Recorded on the emulated scale-up (0.33 cores per vCPU): 4 s search steps passed 91.7
+    and 100 rps, but 12 s holds served only 80-89 rps with the box's CPU full. The old
+    step-down (100 -> 95 -> 85.5) failed all three holds and fell back to the 8 rps first
+    step; the hold's served throughput is the box's ceiling, so the next hold aims below it."""
+    ceiling, knee = 84.0, 80.0
+
+    def short_step(rate: float) -> StepResult:  # lucky short steps pass up to 100 rps
+        return replace(step(rate, p95=150.0 if rate <= 100 else 900.0), server_cpu_s=0.0065
+                       * rate * 10)
+
+    holds: list[float] = []
+
+    def hold(rate: float) -> StepResult:
+        holds.append(rate)
+        if rate <= knee:
+            return replace(step(rate, p95=400.0), duration_s=12.0)
+        return replace(step(rate, achieved=min(rate, ceiling), p95=1900.0), duration_s=12.0)
+
+    result = find_capacity(short_step, SLO, start_rps=8.0, cpu_limit_cores=0.66, confirm=hold)
+    assert holds[0] > 90 and holds[1] == pytest.approx(0.95 * ceiling, rel=0.01)
+    assert result.confirmed is True and result.capacity_rps == holds[1] <= knee
+    # a hold that failed on latency alone (it served everything offered) steps down 5 %
+    assert _next_confirmation(replace(step(60.0, p95=900.0)), 60.0, 0.05) == 57.0
+    # errors are not throughput the box could carry
+    erring = replace(step(60.0, achieved=60.0, errors=300), duration_s=12.0)
+    assert _next_confirmation(erring, 60.0, 0.05) == pytest.approx(0.95 * 60 * 0.5, rel=0.01)
 
 
 def test_capacity_names_the_confirmation_hold_and_reports_its_bound() -> None:

@@ -17,9 +17,10 @@ The search (what the report calls "capacity"):
 3. If the very first step fails, halve the rate until a step passes or the rate falls below
    `MIN_RPS`, then bisect as above; if nothing passes, capacity is 0.
 4. Confirm: hold the found rate longer than a search step (`confirm`). If that fails, step
-   down by `precision` (the search's own resolution), then by twice that, and confirm again
-   (at most `MAX_CONFIRMATIONS` holds: down to 0.855 of the found rate), like Nighthawk's
-   adaptive load controller. Capacity is the confirmed rate. If every confirmation fails,
+   down by `precision` (the search's own resolution), then by twice that — or to 95 % of the
+   throughput the failed hold served, when the box could not keep up and that is lower — and
+   confirm again (at most `MAX_CONFIRMATIONS` holds), like Nighthawk's adaptive load
+   controller. Capacity is the confirmed rate. If every confirmation fails,
    capacity is the highest rate that held: the highest search step below the failed holds
    that passed (`confirmed` False says it is unconfirmed), never the figure they refuted.
 5. A step measured while the load generator itself was saturated is *invalid*: it says nothing
@@ -51,6 +52,9 @@ STEP_BACK = 0.85
 """After a failed aim at the CPU bound the next probes are 85 % of the lowest failed rate,
 until the bracket is narrow enough to bisect."""
 MAX_CONFIRMATIONS = 3
+SERVED_MARGIN = 0.95
+"""After a confirmation hold the box could not keep up with, the next hold offers at most 95 %
+of the throughput it served while overloaded (its ceiling; the SLO's knee lies below)."""
 MIN_DEMAND_REQUESTS = 20
 MIN_DEMAND_CPU_S = 0.02
 """A demand estimate needs this many requests and CPU-seconds in the hold (cgroup CPU time is
@@ -150,6 +154,22 @@ def _unconfirmed(steps: list[StepResult], verdict: str) -> tuple[float, float | 
                                    "passed (unconfirmed)" if best else
                                    "0: no step below them passed"))
     return capacity, (best.p95_verdict_ms if best else None), verdict
+
+
+def _next_confirmation(failed: StepResult, rate: float, step_down: float) -> float:
+    """The rate of the next confirmation hold after `failed` (held at `rate`).
+
+    Each failed hold is more evidence the knee lies lower: 5 %, then 10 % down. A hold that
+    failed because the box could not keep up also measured how much it could: the throughput
+    it served while overloaded is its ceiling, and the SLO's knee lies below it. So the next
+    hold starts at most at `SERVED_MARGIN` of that (a search whose short steps were lucky at
+    100 rps, on a box that serves 80 rps for 12 s, would otherwise step 100 -> 95 -> 85.5,
+    fail all three and fall back to its first step)."""
+    next_rate = rate * (1 - step_down)
+    served = failed.achieved_rps * (1 - failed.error_rate)
+    if 0 < served < rate:
+        next_rate = min(next_rate, SERVED_MARGIN * served)
+    return _round_rate(next_rate)
 
 
 def _round_rate(rate: float) -> float:
@@ -302,8 +322,7 @@ def find_capacity(
                 capacity, p95 = rate, step.p95_verdict_ms
                 break
             confirmed = False
-            # each failed hold is more evidence the knee lies lower: 5 %, then 10 % down
-            rate = _round_rate(rate * (1 - precision * 2 ** attempt))
+            rate = _next_confirmation(step, rate, precision * 2 ** attempt)
             if rate < MIN_RPS:
                 break
         if confirmed is False:
