@@ -60,7 +60,7 @@ def main() -> int:
                 runs = [(p, i) for p in profiles
                         for i in range(args.quick_repeats if p == "quick" else 1)]
                 for profile_name, i in runs:
-                    profile = get_profile(profile_name)
+                    profile = get_profile(profile_name).dilated(backend.dilation)
                     began = time.monotonic()
                     settings = LoadSettings(locustfile, env={
                         "SHOP_ALL_WEIGHT": str(profile.hazard_weight_capacity)})

@@ -163,7 +163,7 @@ def main() -> int:
                 print(f"  httperf open-loop capacity: {truth:.1f} req/s", flush=True)
                 found: dict[str, tuple[float, str, float]] = {}
                 for profile_name in args.profiles.split(","):
-                    profile = get_profile(profile_name)
+                    profile = get_profile(profile_name).dilated(backend.dilation)
                     time.sleep(2)
                     started = time.monotonic()
                     settings = LoadSettings(LOCUSTFILE, env={"BYO_BURN_MS": f"{args.burn_ms:g}"})

@@ -11,7 +11,8 @@ to `load/survival.py`, the diagnosis to `diagnose.py`, the bill to `cost.py`, th
 
 Time dilation: on the local backend at cpu_scale s the box runs d = 1/s times slower than
 the AWS box; the backend stretches the server's clocks, and this module the experiment's: the
-SLO's p95 (`Slo.dilated`), the survival duration and the survival rule's windows.
+SLO's p95 (`Slo.dilated`), the profile's warm-up, holds, cooldown and survival duration
+(`Profile.dilated`, which also divides the first step's rate) and the survival rule's windows.
 
 Teardown comes first, publishing after (PerfKitBenchmarker's order): everything a variant
 needs later is observed while the deployment is up, the backend's `finally` removes it, and
@@ -47,6 +48,7 @@ from experiments.runplan import RunPlan
 from stacks.variant import Variant
 
 if TYPE_CHECKING:
+    from experiments.profiles import Profile
     from experiments.stats import Spread
 
 
@@ -94,6 +96,11 @@ class VariantRun:
         """The SLO in the emulated box's time: p95 × dilation."""
         return self.plan.slo.dilated(self.dilation)
 
+    @property
+    def profile(self) -> Profile:
+        """The profile in the emulated box's time: clocks × dilation, first rate ÷ dilation."""
+        return self.plan.profile.dilated(self.dilation)
+
     def measure(self, backend: Backend) -> VariantSummary:
         self.dilation = float(getattr(backend, "dilation", 1.0) or 1.0)
         self.cpu_scale = getattr(backend, "cpu_scale", None)
@@ -135,7 +142,7 @@ class VariantRun:
         """Guided search (the deployment's CPU signal) ending in a confirmation hold."""
         from experiments.load.search import search_capacity
 
-        profile = self.plan.profile
+        profile = self.profile
         self.enter(Stage.CAPACITY, total=profile.max_steps + (1 if profile.confirm_hold_s else 0),
                    detail=f"search {index + 1} of {self.plan.repeat}" if self.plan.repeat > 1
                    else "")
@@ -156,7 +163,7 @@ class VariantRun:
         """Burstable, standard credits: the capacity at the baseline (load/sustained.py)."""
         from experiments.load.sustained import SustainedSearch
 
-        profile = self.plan.profile
+        profile = self.profile
         search = SustainedSearch(self.variant, profile, self.slo, self.plan.credits,
                                  self.cpu_scale, self._load(profile.hazard_weight_capacity))
         self.enter(Stage.SUSTAINED, total=search.max_steps)
@@ -180,13 +187,13 @@ class VariantRun:
 
     def survival(self, deployment: Deployment, capacity: CapacityResult) -> SurvivalResult:
         rate, _ = self.survival_rps(capacity)
-        limit_s = self.plan.profile.survival_limit_s * self.dilation
+        limit_s = self.profile.survival_limit_s
         hazard = SHOP_HAZARD_PATH if self.plan.shop_hazard else None
         every_s = HAZARD_INTERVAL_S * self.dilation
         self.enter(Stage.SURVIVAL, total=limit_s, detail=f"{rate:g} req/s"
                    + (f" + {SHOP_HAZARD_PATH} every {every_s:g} s" if hazard else ""))
         # The hazard comes as its own stream; the locustfile's weight would double it.
-        weight = 0 if hazard else self.plan.profile.hazard_weight_survival
+        weight = 0 if hazard else self.profile.hazard_weight_survival
         with LoadSession(deployment.url, self._load(weight)) as load:
             survival = load.survival(0, limit_s, offered_rps=rate, dilation=self.dilation,
                                      hazard_path=hazard, hazard_rps=1 / every_s,

@@ -16,6 +16,7 @@ from experiments.backends.local.supervisor import dilate_gunicorn_args, dilated_
 from experiments.errors import UserError
 from experiments.load.survival import Second, SurvivalRule, rule_text, survival_rate
 from experiments.model import Slo
+from experiments.profiles import Profile
 from stacks.variant import HealthCheck, Variant
 
 
@@ -173,6 +174,59 @@ def _capacity(*offered_passed: tuple[float, bool]):  # type: ignore[no-untyped-d
 
 def test_the_runner_judges_steps_with_the_dilated_slo(tmp_path: Path) -> None:
     assert _variant_run(tmp_path).slo.p95_ms == 1500.0
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "standard"])
+def test_a_profile_runs_in_the_emulated_boxs_time(name: str) -> None:
+    """Steps hold the same number of the box's own seconds (so of requests) at every scale:
+    at 0.33 the holds are twice those at 0.66, the first rate half."""
+    from experiments.profiles import get_profile
+
+    aws = get_profile(name)
+    slow, faster = aws.dilated(dilation_for(0.33)), aws.dilated(dilation_for(0.66))
+    for clock in ("warmup_s", "hold_s", "cooldown_s", "confirm_hold_s", "survival_limit_s"):
+        assert getattr(slow, clock) == pytest.approx(2 * getattr(faster, clock)), clock
+        assert getattr(slow, clock) == pytest.approx(getattr(aws, clock) / 0.33), clock
+    assert slow.start_rps == pytest.approx(faster.start_rps / 2)
+    assert slow.start_rps * slow.hold_s == pytest.approx(aws.start_rps * aws.hold_s)
+    # enough requests in the first step to measure the service demand, at any scale
+    from experiments.load.capacity import MIN_DEMAND_REQUESTS
+
+    if name != "smoke":  # smoke checks the pipeline; its figures are not measurements
+        assert aws.start_rps * aws.hold_s >= MIN_DEMAND_REQUESTS
+    assert aws.dilated(1.0) == aws
+    with pytest.raises(ValueError):
+        aws.dilated(0.5)
+
+
+def test_the_runners_search_runs_the_dilated_profile(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The capacity search gets holds × d and the first rate ÷ d; survival lasts limit × d."""
+    from types import SimpleNamespace
+
+    seen: list[object] = []
+
+    class NoLoad:
+        def __init__(self, *_: object) -> None: ...
+        def __enter__(self) -> NoLoad: return self
+        def __exit__(self, *_: object) -> None: ...
+
+    def search(load: object, deployment: object, profile: object, *_: object,
+               **__: object) -> object:
+        seen.append(profile)
+        return _capacity((8, True))
+
+    monkeypatch.setattr("experiments.variant_run.LoadSession", NoLoad)
+    monkeypatch.setattr("experiments.load.search.search_capacity", search)
+    run = _variant_run(tmp_path)
+    run._capacity_search(SimpleNamespace(url="http://127.0.0.1:1"), 0)  # type: ignore[arg-type]
+    quick = run.plan.profile
+    (profile,) = seen
+    assert isinstance(profile, Profile)
+    assert profile.hold_s == pytest.approx(3.0 * quick.hold_s)
+    assert profile.confirm_hold_s == pytest.approx(3.0 * quick.confirm_hold_s)
+    assert profile.start_rps == pytest.approx(quick.start_rps / 3.0)
+    assert run.profile.survival_limit_s == pytest.approx(3.0 * quick.survival_limit_s)
 
 
 def test_the_survival_rate_is_chosen_once_and_stored_for_resume(tmp_path: Path) -> None:
