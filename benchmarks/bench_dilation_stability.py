@@ -286,4 +286,9 @@ def report(names: list[str], scales: list[float],
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # the run in progress got SIGINT too and tore down
+        print("interrupted: the run in progress was torn down; finished runs stay in --keep",
+              file=sys.stderr)
+        raise SystemExit(130) from None
