@@ -129,6 +129,11 @@ def test_limits_are_applied_and_teardown_leaves_nothing(backend: LocalBackend) -
         assert (limits["cpu_quota_us"], limits["cpu_period_us"]) == (50_000, 100_000)
         pids = dep.instances[0].cgroup.pids()
         assert len(pids) == 2  # master + 1 worker, all inside the cgroup
+        if len(os.sched_getaffinity(0)) > 1:  # one vCPU: master and worker on one host CPU
+            cpus = dep.instances[0].cpus
+            assert cpus is not None and len(cpus) == 1
+            assert dep.extra["instance_cpus"] == {"i0": cpus}
+            assert all(os.sched_getaffinity(pid) == set(cpus) for pid in pids)
         host = dep.url.split("//")[1].split(":")[0]
         assert host.startswith("127.") and not host.startswith("127.0.")
         wait_for(lambda: len(dep.observe().signals) >= 2, 5, "two samples")
@@ -206,6 +211,8 @@ def test_haproxy_takes_a_dead_target_out_and_back_in(backend: LocalBackend) -> N
         i0_pids = {str(p) for p in dep.instances[0].cgroup.pids()}
         served = {get(dep.url + "/pid")[1] for _ in range(6)}
         assert len(served) == 2  # round robin over both targets
+        if len(os.sched_getaffinity(0)) > 1:  # two one-vCPU instances: two different CPUs
+            assert dep.instances[0].cpus != dep.instances[1].cpus
         _signal_cgroup(dep, "i1", signal.SIGSTOP)  # hangs: health checks time out
         try:
             wait_for(lambda: dep.target_states().get("i1") == "DOWN", 8, "i1 DOWN")

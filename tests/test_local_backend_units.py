@@ -265,3 +265,20 @@ def test_v2_swappiness_is_explicit_the_hosts_applies_and_0_turns_swap_off(tmp_pa
     cg.set_limits(memory_bytes=100 * 1024 * 1024, swap_bytes=256 * 1024 * 1024,
                   swappiness=30, cpu_cores=0.5)
     assert (cg.path / "memory.swap.max").read_text() == str(256 * 1024 * 1024)
+
+
+def test_instances_are_pinned_to_as_many_host_cpus_as_they_have_vcpus() -> None:
+    """A micro's workers time-share one CPU, as on its one vCPU; instances go round-robin."""
+    from experiments.backends.local import instance_cpus
+    from experiments.backends.local.supervisor import wrap_in_cgroup
+
+    host = [0, 1]
+    assert [instance_cpus(i, 1, host) for i in range(3)] == [[0], [1], [0]]
+    assert instance_cpus(0, 2, host) is None  # as many vCPUs as the host has: not pinned
+    assert instance_cpus(0, 4, host) is None
+    assert [instance_cpus(i, 2, [0, 1, 2, 3]) for i in range(3)] == [[0, 1], [2, 3], [0, 1]]
+    assert instance_cpus(1, 1, [3, 5, 7]) == [5]  # the CPUs this process may use
+    argv = wrap_in_cgroup([Path("/x/cgroup.procs")], ["gunicorn", "app"], [1])
+    assert argv[argv.index("--") + 1:] == ["taskset", "--cpu-list", "1", "gunicorn", "app"]
+    unpinned = wrap_in_cgroup([Path("/x/cgroup.procs")], ["gunicorn", "app"])
+    assert unpinned[unpinned.index("--") + 1:] == ["gunicorn", "app"]

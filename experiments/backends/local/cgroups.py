@@ -63,9 +63,9 @@ def _kv(path: Path) -> dict[str, int]:
     return out
 
 
-def quota_us(cores: float) -> int:
-    """CFS quota for `cores` host cores per CPU_PERIOD_US (kernel minimum 1 ms)."""
-    return max(MIN_QUOTA_US, round(cores * CPU_PERIOD_US))
+def quota_us(cores: float, period_us: int = CPU_PERIOD_US) -> int:
+    """CFS quota for `cores` host cores per `period_us` (kernel minimum 1 ms)."""
+    return max(MIN_QUOTA_US, round(cores * period_us))
 
 
 def host_swappiness(proc_file: Path = Path("/proc/sys/vm/swappiness")) -> int | None:
@@ -149,7 +149,8 @@ class InstanceCgroup:
         """Memory, swap and CPU limits; says how `swappiness` could be applied here."""
         raise NotImplementedError
 
-    def set_cpu(self, cpu_cores: float | None) -> None:
+    def set_cpu(self, cpu_cores: float | None, period_us: int = CPU_PERIOD_US) -> None:
+        """`cpu_cores` host cores (None: no limit) as a CFS quota per `period_us`."""
         raise NotImplementedError
 
     def read_limits(self) -> dict[str, int | None]:
@@ -242,9 +243,10 @@ class CgroupV1(InstanceCgroup):
         self.set_cpu(cpu_cores)
         return swappiness_applied(1, swappiness, swap_bytes, None)
 
-    def set_cpu(self, cpu_cores: float | None) -> None:
-        _write(self.cpu / "cpu.cfs_period_us", CPU_PERIOD_US)
-        _write(self.cpu / "cpu.cfs_quota_us", -1 if cpu_cores is None else quota_us(cpu_cores))
+    def set_cpu(self, cpu_cores: float | None, period_us: int = CPU_PERIOD_US) -> None:
+        _write(self.cpu / "cpu.cfs_period_us", period_us)
+        _write(self.cpu / "cpu.cfs_quota_us",
+               -1 if cpu_cores is None else quota_us(cpu_cores, period_us))
 
     def read_limits(self) -> dict[str, int | None]:
         mem = int(_read(self.memory / "memory.limit_in_bytes"))
@@ -303,9 +305,9 @@ class CgroupV2(InstanceCgroup):
         self.set_cpu(cpu_cores)
         return applied
 
-    def set_cpu(self, cpu_cores: float | None) -> None:
-        quota = "max" if cpu_cores is None else str(quota_us(cpu_cores))
-        _write(self.path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+    def set_cpu(self, cpu_cores: float | None, period_us: int = CPU_PERIOD_US) -> None:
+        quota = "max" if cpu_cores is None else str(quota_us(cpu_cores, period_us))
+        _write(self.path / "cpu.max", f"{quota} {period_us}")
 
     def read_limits(self) -> dict[str, int | None]:
         def num(text: str) -> int | None:

@@ -61,9 +61,13 @@ _WRAPPER = ('for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 97; shift;
             'shift; exec "$@"')
 
 
-def wrap_in_cgroup(procs_files: list[Path], argv: list[str]) -> list[str]:
-    """argv that first moves itself into each cgroup, then execs `argv` (same pid)."""
-    return ["/bin/sh", "-c", _WRAPPER, "sh", *map(str, procs_files), "--", *argv]
+def wrap_in_cgroup(procs_files: list[Path], argv: list[str],
+                   cpus: list[int] | None = None) -> list[str]:
+    """argv that first moves itself into each cgroup, then execs `argv` (same pid) — pinned
+    with util-linux's `taskset` to `cpus` when given, so every worker Gunicorn forks inherits
+    the pinning from its first instruction."""
+    pinned = ["taskset", "--cpu-list", ",".join(map(str, cpus))] if cpus else []
+    return ["/bin/sh", "-c", _WRAPPER, "sh", *map(str, procs_files), "--", *pinned, *argv]
 
 
 def pump_lines(stream, source: str, sink: Callable[[LogLine], None]) -> threading.Thread:
@@ -86,8 +90,10 @@ class Supervisor:
 
     def __init__(self, name: str, argv: list[str], cwd: Path, env: dict[str, str],
                  procs_files: list[Path], sink: Callable[[LogLine], None],
-                 on_spawn: Callable[[int], None] = lambda pid: None) -> None:
+                 on_spawn: Callable[[int], None] = lambda pid: None,
+                 cpus: list[int] | None = None) -> None:
         self.name = name
+        self.cpus = cpus
         self.argv = argv
         self.cwd = cwd
         self.env = env
@@ -111,7 +117,8 @@ class Supervisor:
             if self._stopping.is_set():
                 return None
             proc = subprocess.Popen(
-                wrap_in_cgroup(self.procs_files, self.argv), cwd=self.cwd, env=self.env,
+                wrap_in_cgroup(self.procs_files, self.argv, self.cpus), cwd=self.cwd,
+                env=self.env,
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 start_new_session=True)
             self.proc = proc
