@@ -194,6 +194,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="scalelab-drift-") as state:
         backend = LocalBackend(cpu_scale=cpu_scale, state_dir=Path(state))
         slo = Slo().dilated(backend.dilation)
+        profile = profile.dilated(backend.dilation)  # what a run's search holds
         with backend.deployed(variant) as deployment:
             print(f"{args.variant}: {deployment.cpu_limit_cores():.2f} cores, SLO p95 "
                   f"{slo.p95_ms:.0f} ms", flush=True)
