@@ -314,7 +314,7 @@ class ArrivalGate:
         def on_start(user: User) -> None:
             # Locust sleeps wait_time() (our 0.0) after each task: the user has just waited at
             # the gate, so that zero sleep would only add a trip through the event loop.
-            user._taskset_instance._sleep = gate.pause
+            user._taskset_instance._sleep = gate.pause  # type: ignore[method-assign,union-attr]
             original_on_start(user)
             gate.wait_for_arrival()
 
