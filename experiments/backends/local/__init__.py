@@ -408,7 +408,7 @@ class _Stack:
                 print(f"scalelab: note: {v.name}: {applied.note}.", file=sys.stderr)
             data = self.run_dir / name / "data"
             appsetup.copy_data(cache, data)
-            cpus = (instance_cpus(i, v.vcpu, sorted(os.sched_getaffinity(0)))
+            cpus = (instance_cpus(i, v.vcpu, list(os.sched_getaffinity(0)))
                     if shutil.which("taskset") else None)  # util-linux, on every Linux
             self.instances.append(Instance(name, host, INSTANCE_PORT, cg, data, sampled=sampled,
                                            cpus=cpus))
