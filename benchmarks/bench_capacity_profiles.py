@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python benchmarks/bench_capacity_profiles.py
         [--variants micro,micro-swap,scale-up,scale-out] [--quick-repeats 3]
-        [--profiles quick,standard]
+        [--profiles quick,standard] [--hey-seconds 12 [--hey-path /products/]]
 
 Deploys each shop variant once (local backend, real cgroups, the run's cpu_scale and dilated
 SLO) and runs on that deployment the capacity search exactly as a run does
@@ -10,6 +10,11 @@ SLO) and runs on that deployment the capacity search exactly as a run does
 offers it): `--quick-repeats` quick searches (what `run --repeat N` does), then one standard
 search. No sustained or survival stage: this measures the capacity figure only, so the
 standard profile fits in minutes per variant instead of a quarter of an hour.
+
+With `--hey-seconds S`, each quick search is followed by one `hey -z Ss -c 8` on --hey-path on
+the same deployment (interleaved, so both see the same minutes of the host): the RSD of those
+closed-loop saturation figures is the noise floor an independent generator measures here at
+that time scale, printed next to the searches' RSD.
 
 Prints each figure and the targets of issue 10: the quick searches' relative standard
 deviation <= 5 % per variant; the quick median and the standard figure within 10 %. Asserts
@@ -41,10 +46,15 @@ def main() -> int:
     parser.add_argument("--variants", default="micro,micro-swap,scale-up,scale-out")
     parser.add_argument("--quick-repeats", type=int, default=3)
     parser.add_argument("--profiles", default="quick,standard")
+    parser.add_argument("--hey-seconds", type=int, default=0,
+                        help="after each quick search, hey closed loop for this long (0: none)")
+    parser.add_argument("--hey-path", default="/products/")
     args = parser.parse_args()
+    from benchmarks.bench_capacity_truth import hey_saturation
     profiles = args.profiles.split(",")
     cpu_scale = LocalBackend.choose_cpu_scale(load_variants())
     rows: list[tuple[str, list[float], float | None, float]] = []
+    hey_rows: dict[str, list[float]] = {}
     for name in args.variants.split(","):
         variant = load_variant(name)
         locustfile = variant.app.directory / variant.app.locustfile
@@ -88,6 +98,13 @@ def main() -> int:
                           f"{detail}", flush=True)
                     if profile_name == "quick":
                         quick.append(result.capacity_rps)
+                        if args.hey_seconds > 0:
+                            time.sleep(profile.cooldown_s)
+                            rps = hey_saturation(deployment.url + args.hey_path,
+                                                 args.hey_seconds)
+                            hey_rows.setdefault(name, []).append(rps)
+                            print(f"  hey -z {args.hey_seconds}s -c 8 {args.hey_path}: "
+                                  f"{rps:.1f} req/s", flush=True)
                     else:
                         standard = result.capacity_rps
                 rows.append((name, quick, standard, time.monotonic() - started))
@@ -105,6 +122,11 @@ def main() -> int:
         if len(quick) > 1:
             rsd = statistics.stdev(quick) / statistics.mean(quick)
             print(f"{name}: quick RSD {rsd:.1%} over {len(quick)} searches (target <= 5 %)")
+        hey = hey_rows.get(name, [])
+        if len(hey) > 1:
+            print(f"{name}: hey RSD {statistics.stdev(hey) / statistics.mean(hey):.1%} over "
+                  f"{len(hey)} runs interleaved with the searches ("
+                  + ", ".join(f"{h:.1f}" for h in hey) + " req/s): the host's noise floor")
         if quick and standard:
             diff = abs(statistics.median(quick) - standard) / standard
             print(f"{name}: quick median vs standard differ by {diff:.1%} (target <= 10 %)")

@@ -14,7 +14,7 @@ from experiments.load.capacity import (
     service_demand_s,
 )
 from experiments.load.histogram import Window
-from experiments.load.pacing import DROP_AFTER_S, Schedule, pool_users, too_late
+from experiments.load.pacing import DROP_AFTER_S, Deck, Schedule, pool_users, too_late
 from experiments.load.survival import Second, SurvivalRule
 from experiments.model import Slo, StepResult
 
@@ -268,6 +268,17 @@ def test_schedule_spaces_arrivals_evenly_and_never_bursts() -> None:
         Schedule(rate=0, t0=0)
 
 
+def test_a_deck_deals_the_weighted_mix_exactly_in_a_fresh_order_each_time() -> None:
+    cards = ["search"] * 3 + ["browse"] * 97
+    deck = Deck(cards, random.Random(7))
+    dealt = [deck.deal() for _ in range(1000)]
+    decks = [dealt[i:i + 100] for i in range(0, 1000, 100)]
+    assert all(sorted(d) == sorted(cards) for d in decks)  # every deck holds the mix exactly
+    assert len({tuple(d) for d in decks}) == 10  # ...each in its own order
+    with pytest.raises(ValueError):
+        Deck([])
+
+
 def test_window_keeps_latency_from_the_scheduled_send() -> None:
     window = Window()
     window.record(10.0, None, 2, intended_ms=250.0)  # waited 240 ms inside the generator
@@ -411,11 +422,14 @@ def test_all_confirmations_failing_reports_the_highest_rate_that_held() -> None:
     assert step_at_capacity(lone.steps) is None and "no step below them passed" in lone.verdict
 
 
-def test_a_hold_the_box_could_not_keep_up_with_aims_the_next_below_what_it_served() -> None:
+def test_a_hold_the_box_could_not_keep_up_with_aims_between_what_it_served_and_offered() -> None:
     """Recorded on the emulated scale-up (0.33 cores per vCPU): 4 s search steps passed 91.7
     and 100 rps, but 12 s holds served only 80-89 rps with the box's CPU full. The old
     step-down (100 -> 95 -> 85.5) failed all three holds and fell back to the 8 rps first
-    step; the hold's served throughput is the box's ceiling, so the next hold aims below it."""
+    step. What an overloaded hold served is a floor of the knee (overload costs efficiency)
+    and what it was offered a ceiling: the next hold aims at their geometric middle, the last
+    one at 95 % of what was served. (Aiming at 95 % of served at once confirmed micro and
+    scale-up 23-32 % below their search figures.)"""
     ceiling, knee = 84.0, 80.0
 
     def short_step(rate: float) -> StepResult:  # lucky short steps pass up to 100 rps
@@ -431,13 +445,25 @@ def test_a_hold_the_box_could_not_keep_up_with_aims_the_next_below_what_it_serve
         return replace(step(rate, achieved=min(rate, ceiling), p95=1900.0), duration_s=12.0)
 
     result = find_capacity(short_step, SLO, start_rps=8.0, cpu_limit_cores=0.66, confirm=hold)
-    assert holds[0] > 90 and holds[1] == pytest.approx(0.95 * ceiling, rel=0.01)
-    assert result.confirmed is True and result.capacity_rps == holds[1] <= knee
+    assert holds[0] > 90
+    assert holds[1] == pytest.approx((ceiling * holds[0]) ** 0.5, rel=0.01)
+    assert holds[2] == pytest.approx(0.95 * ceiling, rel=0.01)
+    assert result.confirmed is True and result.capacity_rps == holds[2] <= knee
+
+    # a box whose knee lies in the middle is confirmed there, not at 95 % of what it served
+    holds.clear()
+    knee = 92.0
+    result = find_capacity(short_step, SLO, start_rps=8.0, cpu_limit_cores=0.66, confirm=hold)
+    assert result.confirmed is True and result.capacity_rps == holds[1] > 0.95 * ceiling
+
     # a hold that failed on latency alone (it served everything offered) steps down 5 %
-    assert _next_confirmation(replace(step(60.0, p95=900.0)), 60.0, 0.05) == 57.0
+    assert _next_confirmation(replace(step(60.0, p95=900.0)), 60.0, 0.05, last=False) == 57.0
     # errors are not throughput the box could carry
     erring = replace(step(60.0, achieved=60.0, errors=300), duration_s=12.0)
-    assert _next_confirmation(erring, 60.0, 0.05) == pytest.approx(0.95 * 60 * 0.5, rel=0.01)
+    assert _next_confirmation(erring, 60.0, 0.05, last=True) == pytest.approx(
+        0.95 * 60 * 0.5, rel=0.01)
+    assert _next_confirmation(erring, 60.0, 0.05, last=False) == pytest.approx(
+        (60 * 30) ** 0.5, rel=0.01)
 
 
 def test_capacity_names_the_confirmation_hold_and_reports_its_bound() -> None:

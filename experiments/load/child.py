@@ -60,7 +60,7 @@ from locust.env import Environment
 from locust.runners import STATE_SPAWNING, STATE_STOPPED, MasterRunner, Runner
 
 from experiments.load.histogram import Window
-from experiments.load.pacing import Schedule, pool_users, too_late
+from experiments.load.pacing import Deck, Schedule, pool_users, too_late
 from experiments.load.survival import Second, SurvivalRule
 from experiments.model import StepResult, SurvivalResult
 
@@ -307,14 +307,20 @@ class ArrivalGate:
         return len(self._idle)
 
     def install(self, user_class: type[User]) -> None:
-        """Gate every task of `user_class`, its first one included (Locust runs that at once)."""
+        """Gate every task of `user_class`, its first one included (Locust runs that at once),
+        and deal the tasks from one `Deck` shared by the process's users (pacing.py: why)."""
         original_on_start = user_class.on_start
         gate = self
+        deck = Deck(user_class.tasks) if user_class.tasks else None
 
         def on_start(user: User) -> None:
+            taskset = user._taskset_instance
+            assert taskset is not None  # Locust sets it before on_start
             # Locust sleeps wait_time() (our 0.0) after each task: the user has just waited at
             # the gate, so that zero sleep would only add a trip through the event loop.
-            user._taskset_instance._sleep = gate.pause  # type: ignore[method-assign,union-attr]
+            taskset._sleep = gate.pause  # type: ignore[method-assign]
+            if deck is not None:
+                taskset.get_next_task = deck.deal  # type: ignore[method-assign]
             original_on_start(user)
             gate.wait_for_arrival()
 
