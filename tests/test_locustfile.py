@@ -87,6 +87,31 @@ def test_one_fast_user_class_and_all_weight_knob() -> None:
     assert bad.returncode != 0 and "SHOP_ALL_WEIGHT must be a whole number >= 0" in bad.stderr
 
 
+_SEARCHES = """
+import importlib.util, json, sys
+from types import SimpleNamespace
+spec = importlib.util.spec_from_file_location("lf", sys.argv[1])
+lf = importlib.util.module_from_spec(spec); spec.loader.exec_module(lf)
+urls = []
+shopper = SimpleNamespace(client=SimpleNamespace(get=lambda url, name: urls.append(url)))
+for _ in range(5 * len(lf.SEARCH_TERMS)):
+    lf.Shopper.search(shopper)
+print(json.dumps(urls))
+"""
+
+
+def test_search_terms_are_dealt_so_each_round_holds_every_term_once() -> None:
+    """A scan costs 67-188 ms of CPU by term: drawn at random, a step's CPU per request
+    depended on the terms it happened to draw."""
+    done = subprocess.run([sys.executable, "-c", _SEARCHES, str(LOCUSTFILE)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    terms = [url.split("q=", 1)[1] for url in json.loads(done.stdout)]
+    rounds = [terms[i:i + len(SEARCH_TERMS)] for i in range(0, len(terms), len(SEARCH_TERMS))]
+    assert len(rounds) == 5 and all(sorted(r) == sorted(SEARCH_TERMS) for r in rounds), rounds
+    assert len({tuple(r) for r in rounds}) > 1  # ...in a fresh order each round
+
+
 def test_locustfile_vocabulary_matches_the_seeded_shop() -> None:
     """The locustfile may import only locust, so it repeats slugs; keep them in step."""
     tree = ast.parse(LOCUSTFILE.read_text())
