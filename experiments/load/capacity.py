@@ -171,7 +171,7 @@ def _next_confirmation(failed: StepResult, rate: float, step_down: float, last: 
     100 rps, on a box that serves 80 rps for 12 s, would otherwise fail every hold and fall
     back to its first step. (Aiming every hold at 95 % of served, as before, confirmed 23-32 %
     below the search's figure in 6 of 10 quick searches, micro 59.2 -> 45.3, scale-up
-    100 -> 68.1, and those confirmed figures sat at 66-77 % of the CPU bound.)"""
+    100 -> 68.1; those confirmed figures sat at 66-86 % of the CPU bound.)"""
     next_rate = rate * (1 - step_down)
     served = failed.achieved_rps * (1 - failed.error_rate)
     if 0 < served < rate:
