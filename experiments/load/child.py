@@ -311,7 +311,8 @@ class ArrivalGate:
         and deal the tasks from one `Deck` shared by the process's users (pacing.py: why)."""
         original_on_start = user_class.on_start
         gate = self
-        deck = Deck(user_class.tasks) if user_class.tasks else None
+        # One distinct task needs no deck (it would reshuffle a one-card deck per request).
+        deck = Deck(user_class.tasks) if len(set(user_class.tasks)) > 1 else None
 
         def on_start(user: User) -> None:
             taskset = user._taskset_instance
