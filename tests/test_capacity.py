@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -16,7 +17,7 @@ from experiments.load.capacity import (
 from experiments.load.histogram import Window
 from experiments.load.pacing import DROP_AFTER_S, Deck, Schedule, pool_users, too_late
 from experiments.load.survival import Second, SurvivalRule
-from experiments.model import Slo, StepResult
+from experiments.model import Slo, StepResult, step_at_capacity
 
 SLO = Slo(p95_ms=500.0, max_error_rate=0.01, min_achieved_ratio=0.95)
 
@@ -466,6 +467,51 @@ def test_a_hold_the_box_could_not_keep_up_with_aims_between_what_it_served_and_o
         (60 * 30) ** 0.5, rel=0.01)
 
 
+def test_a_walk_that_stepped_down_far_is_refined_by_one_hold_between() -> None:
+    """Recorded on the shop: walks ended 12-16 % below their lowest failed hold (scale-up
+    95.9 ✗ -> 83.8 ✓), the low outliers of repeated searches. When the hold that passed lies
+    more than the precision below the lowest failed one, one more hold at their geometric
+    middle decides; a drop of one precision step is left alone."""
+    ceiling = 84.0
+
+    def short_step(rate: float) -> StepResult:  # lucky short steps pass up to 100 rps
+        return replace(step(rate, p95=150.0 if rate <= 100 else 900.0), server_cpu_s=0.0065
+                       * rate * 10)
+
+    def holds_with_knee(knee: float, served: float | None = ceiling
+                        ) -> tuple[list[float], Callable[[float], StepResult]]:
+        holds: list[float] = []
+
+        def hold(rate: float) -> StepResult:
+            holds.append(rate)
+            if rate <= knee:
+                return replace(step(rate, p95=400.0), duration_s=12.0)
+            achieved = rate if served is None else min(rate, served)
+            return replace(step(rate, achieved=achieved, p95=1900.0), duration_s=12.0)
+        return holds, hold
+
+    # 100 ✗ (served 84), 91.7 ✗, 79.8 ✓: 15 % apart, so one hold at 85.5 — which passes
+    holds, hold = holds_with_knee(88.0)
+    result = find_capacity(short_step, SLO, start_rps=8.0, cpu_limit_cores=0.66, confirm=hold)
+    assert len(holds) == 4 and holds[3] == pytest.approx((holds[2] * holds[1]) ** 0.5, rel=0.01)
+    assert result.confirmed is True and result.capacity_rps == holds[3] <= 88.0
+    assert step_at_capacity(result.steps).offered_rps == result.capacity_rps
+    assert "refinement hold between them passed" in result.verdict
+
+    # ... or fails: capacity stays at the hold that passed
+    holds, hold = holds_with_knee(82.0)
+    result = find_capacity(short_step, SLO, start_rps=8.0, cpu_limit_cores=0.66, confirm=hold)
+    assert len(holds) == 4 and result.capacity_rps == holds[2] < holds[3]
+    assert step_at_capacity(result.steps).offered_rps == result.capacity_rps
+    assert "refinement hold between them failed" in result.verdict
+
+    # a hold that failed on latency alone steps down 5 %: within the precision, no refinement
+    holds, hold = holds_with_knee(96.0, served=None)
+    result = find_capacity(short_step, SLO, start_rps=8.0, cpu_limit_cores=0.66, confirm=hold)
+    assert len(holds) == 2 and result.capacity_rps == holds[1] == pytest.approx(0.95 * holds[0],
+                                                                               rel=0.01)
+
+
 def test_capacity_names_the_confirmation_hold_and_reports_its_bound() -> None:
     from experiments.model import step_at_capacity
 
@@ -560,5 +606,8 @@ def test_failed_confirmations_step_down_further_each_time() -> None:
     server = CpuServer(demand=0.007, cores=0.5, confirm_limit=0.88 * found)
     result = find_capacity(server, SLO, start_rps=8.0, cpu_limit_cores=0.5,
                            confirm=server.confirm)
-    assert server.confirmed == pytest.approx([found, 0.95 * found, 0.855 * found], rel=0.01)
-    assert result.confirmed is True and result.capacity_rps == server.confirmed[-1]
+    assert server.confirmed[:3] == pytest.approx([found, 0.95 * found, 0.855 * found],
+                                                 rel=0.01)
+    # then one refinement hold between 0.855 and 0.95 (10 % apart), which the box fails
+    assert server.confirmed[3] == pytest.approx((0.855 * 0.95) ** 0.5 * found, rel=0.01)
+    assert result.confirmed is True and result.capacity_rps == server.confirmed[2]
