@@ -14,7 +14,8 @@ standard profile fits in minutes per variant instead of a quarter of an hour.
 With `--hey-seconds S`, each quick search is followed by one `hey -z Ss -c 8` on --hey-path on
 the same deployment (interleaved, so both see the same minutes of the host): the RSD of those
 closed-loop saturation figures is the noise floor an independent generator measures here at
-that time scale, printed next to the searches' RSD.
+that time scale, printed next to the searches' RSD, and so is the RSD of each search's ratio to
+the hey figure after it (the host's swings divided out: what is left is scalelab's own).
 
 Prints each figure and the targets of issue 10: the quick searches' relative standard
 deviation <= 5 % per variant; the quick median and the standard figure within 10 %. Asserts
@@ -127,6 +128,13 @@ def main() -> int:
             print(f"{name}: hey RSD {statistics.stdev(hey) / statistics.mean(hey):.1%} over "
                   f"{len(hey)} runs interleaved with the searches ("
                   + ", ".join(f"{h:.1f}" for h in hey) + " req/s): the host's noise floor")
+        if len(hey) == len(quick) > 2:
+            # Each search next to the hey run that followed it: the ratio divides out the
+            # host's swings between searches, so its RSD is what is scalelab's own.
+            ratios = [q / h for q, h in zip(quick, hey, strict=True)]
+            print(f"{name}: search / hey ratios " + ", ".join(f"{r:.2f}" for r in ratios)
+                  + f": RSD {statistics.stdev(ratios) / statistics.mean(ratios):.1%}; "
+                  f"correlation of the two series {statistics.correlation(quick, hey):+.2f}")
         if quick and standard:
             diff = abs(statistics.median(quick) - standard) / standard
             print(f"{name}: quick median vs standard differ by {diff:.1%} (target <= 10 %)")
