@@ -15,7 +15,14 @@ from experiments.load.capacity import (
     service_demand_s,
 )
 from experiments.load.histogram import Window
-from experiments.load.pacing import DROP_AFTER_S, Deck, Schedule, pool_users, too_late
+from experiments.load.pacing import (
+    DROP_AFTER_S,
+    Deck,
+    Schedule,
+    pool_users,
+    too_late,
+    whole_decks_hold_s,
+)
 from experiments.load.survival import Second, SurvivalRule
 from experiments.model import Slo, StepResult, step_at_capacity
 
@@ -267,6 +274,15 @@ def test_schedule_spaces_arrivals_evenly_and_never_bursts() -> None:
     assert too_late(100.0, 100.0 + DROP_AFTER_S + 0.01) and not too_late(100.0, 100.5)
     with pytest.raises(ValueError):
         Schedule(rate=0, t0=0)
+
+
+def test_a_hold_is_a_whole_number_of_decks() -> None:
+    assert whole_decks_hold_s(4.5, 50.0, 100) == pytest.approx(4.0)  # 225 arrivals -> 200
+    assert whole_decks_hold_s(4.5, 60.0, 100) == pytest.approx(5.0)  # 270 -> 300
+    assert whole_decks_hold_s(4.5, 7.92, 100) == 4.5  # 36 arrivals: under half a deck, as asked
+    assert whole_decks_hold_s(12.0, 10.0, 20) == pytest.approx(12.0)  # already whole
+    with pytest.raises(ValueError):
+        whole_decks_hold_s(4.5, 0.0, 100)
 
 
 def test_a_deck_deals_the_weighted_mix_exactly_in_a_fresh_order_each_time() -> None:

@@ -198,6 +198,21 @@ def test_tasks_are_dealt_from_a_deck_that_holds_the_mix_exactly(arrival_log: Arr
     assert max(gaps) <= 45, gaps
 
 
+def test_a_hold_deals_whole_fresh_decks(arrival_log: ArrivalLog) -> None:
+    """A step's hold starts with a fresh deck and lasts the nearest whole number of decks, so
+    it holds the mix exactly: asked for 4.4 s at 10 req/s of a 20-card deck (44 arrivals), it
+    holds 40, two of them rare, every time. The old child held 4.4 s from mid-deck: 1-4 rare.
+    (The warm-up of 0.55 s keeps the hold's start 50 ms from any arrival.)"""
+    with LoadSession(arrival_log.url, LoadSettings(FIXTURES / "weighted_locustfile.py")) as load:
+        steps = [load.step(10, warmup_s=0.55, hold_s=4.4) for _ in range(3)]
+    for step in steps:
+        assert step.duration_s == pytest.approx(4.0, abs=0.1) and step.errors == 0
+        assert step.scheduled == pytest.approx(40, abs=1)
+        held = [path for t, path in zip(arrival_log.times, arrival_log.paths, strict=True)
+                if t >= step.started_at][:40]
+        assert len(held) == 40 and held.count("/rare") == 2, held
+
+
 def test_offer_ticks_each_second(arrival_log: ArrivalLog) -> None:
     ticks: list[dict[str, object]] = []
     with LoadSession(arrival_log.url, LoadSettings(PING)) as session:

@@ -60,7 +60,7 @@ from locust.env import Environment
 from locust.runners import STATE_SPAWNING, STATE_STOPPED, MasterRunner, Runner
 
 from experiments.load.histogram import Window
-from experiments.load.pacing import Deck, Schedule, pool_users, too_late
+from experiments.load.pacing import Deck, Schedule, pool_users, too_late, whole_decks_hold_s
 from experiments.load.survival import Second, SurvivalRule
 from experiments.model import StepResult, SurvivalResult
 
@@ -300,6 +300,8 @@ class ArrivalGate:
         self._hub = gevent.get_hub()
         self._schedule: Schedule | None = None
         self._timer: Any = None
+        self.deck: Deck[Any] | None = None
+        """The tasks' deck (`install`), None for a one-task locustfile."""
 
     @property
     def waiting(self) -> int:
@@ -312,7 +314,7 @@ class ArrivalGate:
         original_on_start = user_class.on_start
         gate = self
         # One distinct task needs no deck (it would reshuffle a one-card deck per request).
-        deck = Deck(user_class.tasks) if len(set(user_class.tasks)) > 1 else None
+        deck = self.deck = Deck(user_class.tasks) if len(set(user_class.tasks)) > 1 else None
 
         def on_start(user: User) -> None:
             taskset = user._taskset_instance
@@ -447,13 +449,17 @@ class Collector:
         per_worker = None if rate is None else rate / self.workers
         self.runner.send_message("scalelab_pace", {"rate": per_worker, "workers": self.workers})
 
-    def swap(self) -> Window:
+    def swap(self, fresh_deck: bool = False) -> Window:
+        """Close every process's window; `fresh_deck`: deal the next window's tasks from a
+        new shuffle (a step's hold starts with a whole deck)."""
         if not self.workers:
+            if fresh_deck and self.gate.deck is not None:
+                self.gate.deck.fresh()
             return self.recorder.swap()
         self._seq += 1
         seq = self._seq
         self._replies[seq] = []
-        self.runner.send_message("scalelab_swap", {"seq": seq})
+        self.runner.send_message("scalelab_swap", {"seq": seq, "fresh_deck": fresh_deck})
         merged = self.recorder.swap()  # the master's own CPU
         deadline = time.monotonic() + WINDOW_REPLY_TIMEOUT_S
         while len(self._replies[seq]) < self.workers and time.monotonic() < deadline:
@@ -544,13 +550,19 @@ class Child:
                 or window.loop_lag_ms >= SATURATED_LAG_MS)
 
     def step(self, offered_rps: float, warmup_s: float, hold_s: float) -> dict[str, Any]:
-        """Open-model step: offer the rate, discard the warm-up, measure the hold, go idle."""
+        """Open-model step: offer the rate, discard the warm-up, measure the hold, go idle.
+
+        The hold deals its tasks from fresh decks and lasts a whole number of them (nearest to
+        `hold_s`; pacing.whole_decks_hold_s), so it holds the locustfile's mix exactly."""
         users = pool_users(offered_rps, max(1, self.workers))
         self._grow_pool(users)
+        deck = self.gate.deck
+        if deck is not None:
+            hold_s = whole_decks_hold_s(hold_s, offered_rps / max(1, self.workers), len(deck))
         self.collector.pace(offered_rps)
         try:
             gevent.sleep(warmup_s)
-            self.collector.swap()  # discard the warm-up
+            self.collector.swap(fresh_deck=True)  # discard the warm-up
             started_at, t0 = time.time(), time.monotonic()
             self.send({"type": "mark", "what": "hold_start"})
             gevent.sleep(hold_s)
@@ -795,6 +807,8 @@ def run_worker(args: argparse.Namespace) -> None:
         gate.pace(msg.data["rate"], phase)
 
     def on_swap(environment: Environment, msg: Any, **_: Any) -> None:
+        if msg.data.get("fresh_deck") and gate.deck is not None:
+            gate.deck.fresh()
         window = recorder.swap()
         runner.send_message("scalelab_window", {"seq": msg.data["seq"], "window": window.to_wire()})
 

@@ -97,7 +97,29 @@ class Deck(Generic[T]):
         self._rng = rng or random.Random()
         self._left: list[T] = []
 
+    def __len__(self) -> int:
+        return len(self._cards)
+
     def deal(self) -> T:
         if not self._left:
             self._left = self._rng.sample(self._cards, len(self._cards))
         return self._left.pop()
+
+    def fresh(self) -> None:
+        """Drop what is left of the current deck: the next card starts a new shuffle."""
+        self._left = []
+
+
+def whole_decks_hold_s(hold_s: float, rate: float, deck: int) -> float:
+    """`hold_s` stretched or shrunk to the nearest whole number of decks of arrivals at
+    `rate` (per generator process); a hold of under half a deck stays as asked.
+
+    Why: a hold that starts with a fresh deck and ends on a deck's last card holds the mix
+    exactly. One that cuts a deck holds a random part of it: on the shop (3 searches in 100
+    cards, 44 % of the CPU) a 200-arrival hold starting mid-deck varies its CPU per request by
+    7 % (relative standard deviation, simulated from the weights) by that alone; two whole
+    decks dealt fresh hold the mix exactly. A shorter hold would be stretched too far."""
+    if hold_s <= 0 or rate <= 0 or deck < 1:
+        raise ValueError(f"hold, rate and deck must be positive, got {hold_s}, {rate}, {deck}")
+    decks = round(rate * hold_s / deck)
+    return decks * deck / rate if decks >= 1 else hold_s
