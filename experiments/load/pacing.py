@@ -23,6 +23,8 @@ consecutive arrivals holds the mix exactly, in a fresh random order. A random dr
 mix anew in every step, and a heavy-tailed mix turns that sampling into noise in the very
 thing a step measures: the shop's search is 3 % of requests but 44 % of their CPU, so a
 180-request step held 5.4 +- 2.3 searches and its CPU demand varied +-19 % by chance alone.
+A step's hold goes further: it starts with a fresh deck and lasts whole decks
+(`whole_decks_hold_s`), so it holds the mix exactly, not just within a partial deck at each end.
 """
 
 from __future__ import annotations
