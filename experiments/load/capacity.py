@@ -182,28 +182,20 @@ def _next_confirmation(failed: StepResult, rate: float, step_down: float, last: 
     return _round_rate(next_rate)
 
 
-def _refine(steps: list[StepResult], passed_rps: float, passed: StepResult, precision: float,
-            confirm: Callable[[float], StepResult]) -> tuple[float, StepResult, str]:
-    """After the walk passed a hold at `passed_rps` below a failed one: if it stepped down by
-    more than the search's precision, one more hold at the geometric middle of the two.
+def _refinement(passed_rps: float, refuted_rps: float, precision: float) -> float | None:
+    """After the walk passed a hold at `passed_rps` just below one that failed at
+    `refuted_rps`: the rate of one more hold at their geometric middle, or None when the walk
+    stepped down by no more than the search's precision.
 
     Why: the walk's steps grow (5 %, 10 %, then down to 95 % of what an overloaded hold
     served), so where it ends depends on which of them happened to fail, not on where the
     knee is. Measured on the shop: walks that passed 12-16 % below the lowest failed hold
     (scale-up 95.9 ✗ -> 83.8 ✓, 93 ✗ -> 75.3 ✓; scale-out 142 ✗ -> 126 ✓) were the low
     outliers of repeated searches. One hold halves that gap in log terms."""
-    refuted = min((s.offered_rps for s in steps if s.phase == "confirm" and not s.passed
-                   and not s.generator_saturated and s.offered_rps > passed_rps),
-                  default=None)
-    if refuted is None or refuted * (1 - precision) <= passed_rps * (1 + 1e-3):
-        return passed_rps, passed, ""
-    middle = _round_rate((passed_rps * refuted) ** 0.5)
-    if not passed_rps < middle < refuted:
-        return passed_rps, passed, ""
-    check = confirm(middle)
-    if check.passed:
-        return middle, check, f"; a refinement hold between them passed at {middle:g} rps"
-    return passed_rps, passed, f"; a refinement hold between them failed at {middle:g} rps"
+    if refuted_rps * (1 - precision) <= passed_rps * (1 + 1e-3):
+        return None
+    middle = _round_rate((passed_rps * refuted_rps) ** 0.5)
+    return middle if passed_rps < middle < refuted_rps else None
 
 
 def _round_rate(rate: float) -> float:
@@ -344,7 +336,7 @@ def find_capacity(
         def confirm_judged(rate: float) -> StepResult:
             return record(slo.judge(replace(confirm(rate), phase="confirm")))
 
-        rate = capacity
+        rate = refuted = capacity  # refuted: the lowest failed hold, once one failed
         for attempt in range(MAX_CONFIRMATIONS):
             step = confirm_judged(rate)
             if step.generator_saturated:
@@ -354,13 +346,19 @@ def find_capacity(
                 if rate < capacity:
                     verdict += (f"; the confirmation hold failed at {capacity:g} rps and "
                                 f"passed at {rate:g} rps")
-                    rate, step, note = _refine(steps, rate, step, precision, confirm_judged)
-                    verdict += note
+                    middle = _refinement(rate, refuted, precision)
+                    if middle is not None:
+                        check = confirm_judged(middle)
+                        verdict += (f"; a refinement hold between them "
+                                    f"{'passed' if check.passed else 'failed'} at {middle:g} rps")
+                        if check.passed:
+                            rate, step = middle, check
                 else:
                     verdict += f"; confirmed by a {step.duration_s:.0f} s hold"
                 capacity, p95 = rate, step.p95_verdict_ms
                 break
             confirmed = False
+            refuted = rate  # the walk only goes down
             rate = _next_confirmation(step, rate, precision * 2 ** attempt,
                                       last=attempt == MAX_CONFIRMATIONS - 2)
             if rate < MIN_RPS:

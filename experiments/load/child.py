@@ -303,6 +303,11 @@ class ArrivalGate:
         self.deck: Deck[Any] | None = None
         """The tasks' deck (`install`), None for a one-task locustfile."""
 
+    def fresh_deck(self) -> None:
+        """Deal the next task from a new shuffle (a step's hold starts with a whole deck)."""
+        if self.deck is not None:
+            self.deck.fresh()
+
     @property
     def waiting(self) -> int:
         """Users waiting at the gate; the others are sending (or starting up)."""
@@ -453,8 +458,8 @@ class Collector:
         """Close every process's window; `fresh_deck`: deal the next window's tasks from a
         new shuffle (a step's hold starts with a whole deck)."""
         if not self.workers:
-            if fresh_deck and self.gate.deck is not None:
-                self.gate.deck.fresh()
+            if fresh_deck:
+                self.gate.fresh_deck()
             return self.recorder.swap()
         self._seq += 1
         seq = self._seq
@@ -807,8 +812,8 @@ def run_worker(args: argparse.Namespace) -> None:
         gate.pace(msg.data["rate"], phase)
 
     def on_swap(environment: Environment, msg: Any, **_: Any) -> None:
-        if msg.data.get("fresh_deck") and gate.deck is not None:
-            gate.deck.fresh()
+        if msg.data.get("fresh_deck"):
+            gate.fresh_deck()
         window = recorder.swap()
         runner.send_message("scalelab_window", {"seq": msg.data["seq"], "window": window.to_wire()})
 
