@@ -232,8 +232,9 @@ def bill_of_materials(resources: list[DeclaredResource], variant: Variant) -> Bi
             bom.extra_volume_gb += float(r.inputs.get("size") or 0)
         elif r.type == "aws:lb/listenerRule:ListenerRule":
             bom.listener_rules += 1
-    usage_only = dict.fromkeys(USAGE_PRICED_TYPES[r.type] for r in resources
-                               if r.type in USAGE_PRICED_TYPES)
+    # Sorted: Pulumi's mocks register resources concurrently, so their order varies per run.
+    usage_only = sorted({USAGE_PRICED_TYPES[r.type] for r in resources
+                         if r.type in USAGE_PRICED_TYPES})
     if usage_only:
         bom.notes.append("not priced (usage-based, cents at this scale): "
                          + "; ".join(usage_only) + ".")

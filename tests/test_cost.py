@@ -81,6 +81,19 @@ def test_bill_of_materials_counts_what_costs_money() -> None:
     assert bom.instance_vcpus == 3
 
 
+def test_usage_priced_notes_do_not_depend_on_declaration_order() -> None:
+    """Pulumi's mocks register resources concurrently: the bill must read the same either way."""
+    usage = [DeclaredResource("aws:s3/bucket:Bucket", "bundle", {}),
+             DeclaredResource("aws:cloudwatch/logGroup:LogGroup", "logs", {})]
+    variant = load_variant("scale-up")
+    forward = bill_of_materials([_instance("w", "t3.medium"), *usage], variant)
+    backward = bill_of_materials([*reversed(usage), _instance("w", "t3.medium")], variant)
+    assert forward.notes == backward.notes
+    assert forward.notes == ["not priced (usage-based, cents at this scale): CloudWatch log group "
+                             "($0.50 per GB ingested); S3 bucket (the app bundle: a few MB, well "
+                             "under $0.01/month)."]
+
+
 def test_public_ipv4_follows_the_program_not_the_default() -> None:
     variant = load_variant("micro")
     private = bill_of_materials([_instance("w", "t2.micro", associatePublicIpAddress=False)],
