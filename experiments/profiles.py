@@ -52,6 +52,10 @@ class Profile:
     memory. Out of roughly 100 for the other tasks."""
     confirm_hold_s: float = 0.0
     """The capacity search's final hold at the found rate (0: no confirmation)."""
+    sustained_decks: int = 0
+    """Whole decks of the locustfile's tasks each sustained step holds at least (0: just
+    sustained.MIN_ARRIVALS). At the baseline one shop search holds a micro for seconds, so a
+    step's verdict turns on how many of the mix's rare requests it happens to hold."""
 
     def dilated(self, dilation: float) -> Profile:
         """The profile as a box slowed down by `dilation` (1/cpu_scale) runs it: every clock
@@ -78,11 +82,11 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", warmup_s=0.4, hold_s=1.5, start_rps=24.0, growth=1.5,
                      precision=0.05, max_steps=8, cooldown_s=0.2, survival_users=40,
                      survival_limit_s=33.0, hazard_weight_capacity=0, hazard_weight_survival=2,
-                     confirm_hold_s=4.0),
+                     confirm_hold_s=4.0, sustained_decks=1),
     "standard": Profile(name="standard", warmup_s=2.0, hold_s=7.0, start_rps=15.0, growth=1.5,
                         precision=0.05, max_steps=14, cooldown_s=2.0, survival_users=60,
                         survival_limit_s=300.0, hazard_weight_capacity=0,
-                        hazard_weight_survival=2, confirm_hold_s=20.0),
+                        hazard_weight_survival=2, confirm_hold_s=20.0, sustained_decks=1),
 }
 
 

@@ -219,15 +219,19 @@ def test_every_sustained_step_waits_for_its_backlog_to_drain(monkeypatch) -> Non
     from stacks.variant import load_variant
 
     drained: list[tuple[object, float]] = []
-    held: list[float] = []
+    held: list[tuple[float, float]] = []
 
     class Session:  # the load generator: the box carries up to 4 req/s at its baseline
+        deck_arrivals = 100  # the shop's deck
+
         def __init__(self, url: str, settings: LoadSettings) -> None: ...
         def __enter__(self) -> Session: return self
         def __exit__(self, *exc: object) -> None: ...
 
-        def step(self, rps: float, warmup_s: float, hold_s: float) -> StepResult:
-            held.append(hold_s)
+        def step(self, rps: float, warmup_s: float, hold_s: float,
+                 cpu_seconds: object = None) -> StepResult:
+            assert cpu_seconds is not None  # the step records the box's CPU, as burst steps do
+            held.append((rps, hold_s))
             return StepResult(offered_rps=rps, achieved_rps=rps, p50_ms=100, p95_ms=200,
                               p99_ms=300, error_rate=0.0, requests=round(rps * hold_s),
                               duration_s=hold_s, passed=rps <= 4.0)
@@ -236,6 +240,7 @@ def test_every_sustained_step_waits_for_its_backlog_to_drain(monkeypatch) -> Non
         url = "http://127.0.0.1:9"
         def observe(self) -> Observations: return Observations(signals=[], logs=[])
         def set_credits(self, start: str) -> bool: return True
+        def cpu_seconds(self) -> float | None: return None
 
     monkeypatch.setattr(mod, "LoadSession", Session)
     monkeypatch.setattr(mod, "wait_until_drained",
@@ -248,4 +253,21 @@ def test_every_sustained_step_waits_for_its_backlog_to_drain(monkeypatch) -> Non
     found = search.run(deployment, burst, lambda rps: None, lambda step: None)  # type: ignore[arg-type]
     assert found is not None and found.source == "measured" and held
     assert [d for d, _ in drained] == [deployment] * len(held)
-    assert [limit for _, limit in drained] == [mod.DRAIN_LIMIT_HOLDS * h for h in held]
+    assert [limit for _, limit in drained] == [mod.DRAIN_LIMIT_HOLDS * h for _, h in held]
+    # quick holds the shop's whole deck in every sustained step (its 4.5 s alone: 18 at 4 req/s)
+    assert all(rps * hold >= 100 - 1e-6 for rps, hold in held), held
+
+
+def test_a_sustained_step_holds_whole_decks_of_the_mix() -> None:
+    """Quick and standard hold the locustfile's whole deck (all its workers' decks) in every
+    sustained step; smoke, a pipeline check, and one-task locustfiles keep MIN_ARRIVALS."""
+    from experiments.load.sustained import MIN_ARRIVALS, sustained_hold_s, sustained_min_arrivals
+    from experiments.profiles import get_profile
+
+    quick, standard, smoke = (get_profile(n) for n in ("quick", "standard", "smoke"))
+    assert sustained_min_arrivals(quick, 100) == 100
+    assert sustained_min_arrivals(standard, 200) == 200  # two load workers, a deck each
+    assert sustained_min_arrivals(smoke, 100) == MIN_ARRIVALS
+    assert sustained_min_arrivals(quick, 0) == MIN_ARRIVALS  # one task: no deck
+    assert sustained_min_arrivals(quick, 20) == MIN_ARRIVALS  # a small deck: still 30
+    assert sustained_hold_s(4.5, 3.0, 100) == pytest.approx(100 / 3.0)

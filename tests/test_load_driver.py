@@ -204,6 +204,8 @@ def test_a_hold_deals_whole_fresh_decks(arrival_log: ArrivalLog) -> None:
     holds 40, two of them rare, every time. The old child held 4.4 s from mid-deck: 1-4 rare.
     (The warm-up of 0.55 s keeps the hold's start 50 ms from any arrival.)"""
     with LoadSession(arrival_log.url, LoadSettings(FIXTURES / "weighted_locustfile.py")) as load:
+        assert load.deck_arrivals == 20  # the child tells its deck's size
+        assert load.hold_s(10, 4.4) == pytest.approx(4.0)  # and the parent knows the rounding
         steps = [load.step(10, warmup_s=0.55, hold_s=4.4) for _ in range(3)]
     for step in steps:
         assert step.duration_s == pytest.approx(4.0, abs=0.1) and step.errors == 0
@@ -216,6 +218,7 @@ def test_a_hold_deals_whole_fresh_decks(arrival_log: ArrivalLog) -> None:
 def test_offer_ticks_each_second(arrival_log: ArrivalLog) -> None:
     ticks: list[dict[str, object]] = []
     with LoadSession(arrival_log.url, LoadSettings(PING)) as session:
+        assert session.deck_arrivals == 0 and session.hold_s(30, 3.3) == 3.3  # one task
         result = session.offer(30, seconds=3, judge=True, on_tick=ticks.append)
     assert len(ticks) == 3 and result["timeline"] == [
         {k: v for k, v in t.items() if k != "type"} for t in ticks]

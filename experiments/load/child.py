@@ -14,7 +14,7 @@ Protocol (one JSON object per line). Parent -> child on stdin:
     {"cmd": "quit"}
 Child -> parent on the original stdout (fd 1 is redirected to stderr, so a print() in a
 locustfile cannot corrupt the protocol):
-    {"type": "ready"} | {"type": "step", "result": {...}}
+    {"type": "ready", "deck": 100} | {"type": "step", "result": {...}}
     {"type": "error", "kind": "usage" | "internal", "message": "..."}
         usage: the user's input is at fault (the locustfile): one sentence for the user;
         internal: the generator itself failed.
@@ -869,7 +869,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail("usage", str(exc))
     except Exception as exc:  # noqa: BLE001 - one line to the parent instead of a traceback
         return fail("internal", f"load generator failed to start: {type(exc).__name__}: {exc}")
-    child.send({"type": "ready"})
+    # The deck's size per generator process: the parent sizes holds in whole decks.
+    deck = child.gate.deck
+    child.send({"type": "ready", "deck": len(deck) if deck is not None else 0})
     try:
         child.serve(FileObjectPosix(os.dup(0), "rb"))
     finally:

@@ -27,6 +27,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from experiments.errors import UserError
+from experiments.load.pacing import whole_decks_hold_s
 from experiments.load.survival import with_worker_loss
 from experiments.model import LogLine, Observations, StepResult, SurvivalResult
 from experiments.procs import free_port, stop_group
@@ -176,6 +177,8 @@ class LoadSession:
         self.settings = settings
         self._master: _Proc | None = None
         self._workers: list[_Proc] = []
+        self.deck_cards = 0
+        """Cards in each generator process's deck of tasks (0: one task, no deck)."""
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -200,7 +203,8 @@ class LoadSession:
                     )
             else:
                 self._master = _Proc(["--role", "local", *common], env, "load")
-            self._expect("ready", STARTUP_TIMEOUT_S)
+            ready = self._expect("ready", STARTUP_TIMEOUT_S)
+            self.deck_cards = int(ready.get("deck") or 0)
         except BaseException:
             self.close()
             raise
@@ -230,6 +234,20 @@ class LoadSession:
     def pids(self) -> list[int]:
         """Process ids of the generator processes (for tests and the generator self-check)."""
         return [p.popen.pid for p in (self._master, *self._workers) if p is not None]
+
+    @property
+    def deck_arrivals(self) -> int:
+        """Arrivals that deal every process one whole deck, i.e. the locustfile's mix exactly
+        once (0: a one-task locustfile, any arrival is the mix)."""
+        return self.deck_cards * max(1, self.settings.load_workers)
+
+    def hold_s(self, offered_rps: float, hold_s: float) -> float:
+        """The hold a step asked for `hold_s` at `offered_rps` actually lasts: the child
+        rounds it to whole decks (pacing.whole_decks_hold_s)."""
+        if not self.deck_cards:
+            return hold_s
+        per_process = offered_rps / max(1, self.settings.load_workers)
+        return whole_decks_hold_s(hold_s, per_process, self.deck_cards)
 
     # ---- protocol --------------------------------------------------------------------
 
@@ -317,7 +335,8 @@ class LoadSession:
             if cpu_seconds is not None:
                 cpu[what] = cpu_seconds()
 
-        reply = self._expect("step", warmup_s + hold_s + REPLY_MARGIN_S, on_mark=on_mark)
+        reply = self._expect("step", warmup_s + self.hold_s(offered_rps, hold_s) + REPLY_MARGIN_S,
+                             on_mark=on_mark)
         result = StepResult.from_dict(reply["result"])
         start, end = cpu.get("hold_start"), cpu.get("hold_end")
         if start is not None and end is not None:
