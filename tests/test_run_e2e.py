@@ -1,8 +1,10 @@
 """End to end on the local backend, for real: Gunicorn in cgroups, HAProxy, Locust, on loopback.
 
-One run of micro + scale-out is interrupted with SIGINT after micro finished, then resumed:
-that proves teardown on Ctrl-C, that finished variants are kept, that `--resume` measures
-only what is missing, and that the finished summary keeps the design's contract.
+A quick run of micro goes from deploy to report: the README's demo for one stack, with its
+out-of-memory kill and its sustained (credits emptied) search. A smoke run of micro +
+scale-out is interrupted with SIGINT after micro finished, then resumed: that proves teardown
+on Ctrl-C, that finished variants are kept, that `--resume` measures only what is missing, and
+that the finished summary keeps the design's contract.
 """
 
 from __future__ import annotations
@@ -76,11 +78,46 @@ def interrupt_run(args: list[str], out: Path, reached: str, timeout_s: float, si
                 run.kill()
 
 
+def check_files(run_dir: Path, names: list[str]) -> None:
+    for name in names:
+        for filename in ("variant.json", "steps.json", "survival.json", "signals.csv",
+                         "logs.jsonl", "diagnosis.json", "result.json"):
+            assert (run_dir / name / filename).is_file(), f"{name}/{filename}"
+    for filename in ("summary.md", "summary.csv", "report.html"):
+        assert (run_dir / filename).is_file(), filename
+
+
+def test_a_quick_run_of_micro_from_deploy_to_report(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run = subprocess.run(scalelab("run", "--variants", "micro", "--profile", "quick",
+                                  "--out", str(out)),
+                         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert leftover_processes() == []
+    run_dir = next(out.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    check_contract(summary)
+    (micro,) = summary["variants"]
+    assert micro["capacity_rps"] > 0
+    micro_failure = micro["failure"]
+    assert micro_failure["kind"] in ("oom_kill", "worker_timeout"), micro_failure
+    # Gunicorn's "was sent SIGKILL" or the kernel's own "Killed process" record: with the
+    # one-load survival test micro is OOM-killed several times, and the kernel lines come first.
+    assert any("was sent SIGKILL" in line or "Killed process" in line
+               for line in micro_failure["evidence"]), micro_failure
+    # The sustained search (credits emptied) held the shop's whole deck in every step.
+    sustained = json.loads((run_dir / "micro" / "sustained-steps.json").read_text())
+    assert sustained and micro["sustained_source"] == "measured"
+    assert all(step["scheduled"] >= 99 for step in sustained), \
+        [(step["offered_rps"], step["scheduled"]) for step in sustained]
+    check_files(run_dir, ["micro"])
+
+
 def test_interrupt_then_resume_two_variants(tmp_path: Path) -> None:
     out = tmp_path / "results"
     # scale-out is deploying or under load 8 s after micro finished
-    interrupt_run(["--variants", "micro,scale-out", "--profile", "quick", "--out", str(out)],
-                  out, "*/micro/result.json", 420, signal.SIGINT, tmp_path / "first.log",
+    interrupt_run(["--variants", "micro,scale-out", "--profile", "smoke", "--out", str(out)],
+                  out, "*/micro/result.json", 300, signal.SIGINT, tmp_path / "first.log",
                   after_s=8)
     assert leftover_processes() == []
     run_dir = next(out.iterdir())
@@ -103,19 +140,7 @@ def test_interrupt_then_resume_two_variants(tmp_path: Path) -> None:
     assert list(variants) == ["micro", "scale-out"]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
     assert variants["scale-out"]["capacity_rps"] > variants["micro"]["capacity_rps"]
-    micro_failure = variants["micro"]["failure"]
-    assert micro_failure["kind"] in ("oom_kill", "worker_timeout"), micro_failure
-    # Gunicorn's "was sent SIGKILL" or the kernel's own "Killed process" record: with the
-    # one-load survival test micro is OOM-killed several times, and the kernel lines come first.
-    assert any("was sent SIGKILL" in line or "Killed process" in line
-               for line in micro_failure["evidence"]), micro_failure
-    for name in variants:
-        folder = run_dir / name
-        for filename in ("variant.json", "steps.json", "survival.json", "signals.csv",
-                         "logs.jsonl", "diagnosis.json", "result.json"):
-            assert (folder / filename).is_file(), f"{name}/{filename}"
-    for filename in ("summary.md", "summary.csv", "report.html"):
-        assert (run_dir / filename).is_file(), filename
+    check_files(run_dir, list(variants))
 
 
 @pytest.mark.skipif(not FIXTURE_APP.is_dir(), reason="bring-your-own-app fixture not present")
