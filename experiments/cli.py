@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="which stacks/Pulumi.<variant>.yaml to run (default: all four)")
     run.add_argument("--profile", choices=PROFILES, default=None,
                      help="smoke: every stage, briefly, to check the pipeline (its figures "
-                          "are not measurements); quick: short steps for a demo (about three "
-                          "minutes per variant on two cores); standard: longer steps and "
+                          "are not measurements); quick: short steps for a demo (about four "
+                          "to five minutes per variant on two cores); standard: longer steps and "
                           "survival test (default: quick)")
     run.add_argument("--slo-p95-ms", type=_number, default=None, metavar="MS",
                      help="a step passes only if its p95 latency is at most this many ms, "

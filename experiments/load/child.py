@@ -575,11 +575,11 @@ class Child:
 
         After the hold no arrival leaves, and the requests still in flight get `settle_s` (the
         SLO's p95) to be answered and counted in the hold: an arrival at the hold's last moment
-        answered within the SLO was served. Cut at the hold's end, a quick step lost the
-        rate x latency requests then in flight (15-25 of ~230 near a micro's knee, p95 well
-        within the SLO) and failed "achieved < 95 %" where a step three times as long
-        passed. The hold's CPU interval ends after the settle, so the demand counts the CPU of
-        every request counted."""
+        answered within the SLO was served. Cut at the hold's end, a step lost the requests
+        then in flight (about rate x latency) and could fail "achieved < 95 %" with its p95
+        well within the SLO (a demo: micro-swap at 51.7 req/s, 183 of 198 arrivals answered by
+        its end, p95 459 ms of 1,515). The hold's CPU interval ends after the settle, so the
+        demand counts the CPU of every request counted."""
         users = pool_users(offered_rps, max(1, self.workers))
         self._grow_pool(users)
         deck = self.gate.deck
