@@ -153,12 +153,6 @@ class Slo(Record):
             f"pass: p95 {p95:.0f} ms <= {self.p95_ms:.0f} ms, errors "
             f"{step.error_rate:.1%}, achieved {ratio:.0%} of offered"))
 
-    @property
-    def settle_s(self) -> float:
-        """How long after a hold its last arrivals may take to be answered and still count
-        as served in it: a request answered within the p95 bound met the SLO."""
-        return self.p95_ms / 1000.0
-
     def failed(self, step: StepResult) -> bool:
         """The verdict a step was given when judged, else the verdict it would get now."""
         passed = step.passed if step.passed is not None else self.judge(step).passed

@@ -215,27 +215,6 @@ def test_a_hold_deals_whole_fresh_decks(arrival_log: ArrivalLog) -> None:
         assert len(held) == 40 and held.count("/rare") == 2, held
 
 
-def test_the_holds_last_arrivals_are_answered_within_the_settle() -> None:
-    """Every request takes 400 ms. Cut at the hold's end, a 2 s hold at 20 req/s counts the
-    32 arrivals answered by then (achieved 80 %: a false "achieved < 95 %" failure); given the
-    SLO's 0.5 s to settle, all 40, each measured from its due time."""
-    log = ArrivalLog(delay_s=0.4)
-    try:
-        with LoadSession(log.url, LoadSettings(PING)) as load:
-            cut = load.step(20, warmup_s=0.0, hold_s=2.0)
-            settled = load.step(20, warmup_s=0.0, hold_s=2.0, settle_s=0.5)
-    finally:
-        log.server.shutdown()
-        log.server.server_close()
-    assert cut.requests == pytest.approx(32, abs=2) and cut.achieved_rps < 17
-    assert settled.scheduled == pytest.approx(40, abs=1)
-    assert settled.requests == settled.scheduled  # every arrival of the hold, answered
-    assert settled.achieved_rps == pytest.approx(20, rel=0.05)
-    assert settled.duration_s == pytest.approx(2.0, abs=0.1)  # achieved is per hold second
-    assert 400 <= settled.p95_ms < 500 and settled.p95_intended_ms >= 400
-    assert Slo(p95_ms=500).judge(settled).passed and not Slo(p95_ms=500).judge(cut).passed
-
-
 def test_offer_ticks_each_second(arrival_log: ArrivalLog) -> None:
     ticks: list[dict[str, object]] = []
     with LoadSession(arrival_log.url, LoadSettings(PING)) as session:

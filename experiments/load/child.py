@@ -5,7 +5,7 @@ Run as `python -m experiments.load.child --role local|master|worker ...` by
 with gevent; that is why this is a separate process and the parent never imports it.
 
 Protocol (one JSON object per line). Parent -> child on stdin:
-    {"cmd": "step", "offered_rps": 40, "warmup_s": 5, "hold_s": 15, "settle_s": 0.5}
+    {"cmd": "step", "offered_rps": 40, "warmup_s": 5, "hold_s": 15}
     {"cmd": "offer", "offered_rps": 40, "seconds": 60, "judge": true}
     {"cmd": "survival", "users": 100, "limit_s": 120}   (closed loop) or
     {"cmd": "survival", "offered_rps": 40, "limit_s": 120, "dilation": 3.0,
@@ -83,7 +83,6 @@ counts in the latency from the scheduled send)."""
 DRAIN_TIMEOUT_S = 30.0
 """A step ends when its last request is answered (at most this long after its hold): an
 overloaded step's backlog must not spill into the next step's measurement."""
-SETTLE_POLL_S = 0.02
 
 
 class LocustfileError(Exception):
@@ -355,11 +354,9 @@ class ArrivalGate:
         """rate > 0: open model at `rate` arrivals/s; 0: idle (nobody sends); None: closed loop."""
         self._disarm()
         self._backlog.clear()  # the last step's unsent arrivals belong to no one
+        self.recorder.due.clear()
         self.closed_loop = rate is None
         if self.closed_loop:  # release every waiting user: from now on nobody waits
-            # Only here: at pace(0) the requests in flight keep their due times, so a hold's
-            # last ones, answered after it, are still measured from when they were due.
-            self.recorder.due.clear()
             idle, self._idle = self._idle, []
             for waiter in idle:
                 self._hub.loop.run_callback(waiter.switch, None)
@@ -557,29 +554,11 @@ class Child:
         return (window.cpu_peak >= SATURATED_CPU or window.cpu_warning
                 or window.loop_lag_ms >= SATURATED_LAG_MS)
 
-    def _settle(self, settle_s: float) -> None:
-        """Wait until the hold's last arrivals are answered, at most `settle_s` (no new
-        arrival leaves meanwhile). Distributed: the workers' in-flight is not known here, so
-        the whole `settle_s`."""
-        deadline = time.monotonic() + settle_s
-        while (left := deadline - time.monotonic()) > 0 and (
-                self.workers or self.recorder.in_flight()):
-            gevent.sleep(min(SETTLE_POLL_S, left))
-
-    def step(self, offered_rps: float, warmup_s: float, hold_s: float,
-             settle_s: float = 0.0) -> dict[str, Any]:
+    def step(self, offered_rps: float, warmup_s: float, hold_s: float) -> dict[str, Any]:
         """Open-model step: offer the rate, discard the warm-up, measure the hold, go idle.
 
         The hold deals its tasks from fresh decks and lasts a whole number of them (nearest to
-        `hold_s`; pacing.whole_decks_hold_s), so it holds the locustfile's mix exactly.
-
-        After the hold no arrival leaves, and the requests still in flight get `settle_s` (the
-        SLO's p95) to be answered and counted in the hold: an arrival at the hold's last moment
-        answered within the SLO was served. Cut at the hold's end, a step lost the requests
-        then in flight (about rate x latency) and could fail "achieved < 95 %" with its p95
-        well within the SLO (a demo: micro-swap at 51.7 req/s, 183 of 198 arrivals answered by
-        its end, p95 459 ms of 1,515). The hold's CPU interval ends after the settle, so the
-        demand counts the CPU of every request counted."""
+        `hold_s`; pacing.whole_decks_hold_s), so it holds the locustfile's mix exactly."""
         users = pool_users(offered_rps, max(1, self.workers))
         self._grow_pool(users)
         deck = self.gate.deck
@@ -592,10 +571,8 @@ class Child:
             started_at, t0 = time.time(), time.monotonic()
             self.send({"type": "mark", "what": "hold_start"})
             gevent.sleep(hold_s)
-            duration = time.monotonic() - t0
-            self.collector.pace(0)
-            self._settle(settle_s)
             window = self.collector.swap()
+            duration = time.monotonic() - t0
             self.send({"type": "mark", "what": "hold_end"})
         finally:
             self.collector.pace(0)
@@ -791,8 +768,7 @@ class Child:
                     return
                 if name == "step":
                     result = self.step(float(command["offered_rps"]), float(command["warmup_s"]),
-                                       float(command["hold_s"]),
-                                       float(command.get("settle_s", 0.0)))
+                                       float(command["hold_s"]))
                     self.send({"type": "step", "result": result})
                 elif name == "offer":
                     result = self.offer(float(command["offered_rps"]), float(command["seconds"]),

@@ -313,22 +313,20 @@ class LoadSession:
         warmup_s: float,
         hold_s: float,
         cpu_seconds: Callable[[], float | None] | None = None,
-        settle_s: float = 0.0,
     ) -> StepResult:
         """Offer `offered_rps` arrivals/s: warm up, then measure for `hold_s` (passed=None).
 
         `cpu_seconds` (a deployment's cumulative CPU counter) is read when the hold starts and
         ends, giving the step's `server_cpu_s`: what the service demand is measured from.
-        `settle_s` (the SLO's p95): how long the requests still in flight when the hold ends
-        may take to be answered and still count in it (the child's `step` says why).
         """
-        if offered_rps <= 0 or warmup_s < 0 or hold_s <= 0 or settle_s < 0:
+        if offered_rps <= 0 or warmup_s < 0 or hold_s <= 0:
             raise UserError(
-                f"step needs offered_rps > 0, warmup_s >= 0, hold_s > 0 and settle_s >= 0, "
-                f"got {offered_rps}, {warmup_s}, {hold_s}, {settle_s}"
+                f"step needs offered_rps > 0, warmup_s >= 0 and hold_s > 0, got "
+                f"{offered_rps}, {warmup_s}, {hold_s}"
             )
-        self._require().send({"cmd": "step", "offered_rps": offered_rps, "warmup_s": warmup_s,
-                              "hold_s": hold_s, "settle_s": settle_s})
+        self._require().send(
+            {"cmd": "step", "offered_rps": offered_rps, "warmup_s": warmup_s, "hold_s": hold_s}
+        )
         cpu: dict[str, float | None] = {}
         host: dict[str, tuple[float, float] | None] = {}
 
@@ -337,8 +335,8 @@ class LoadSession:
             if cpu_seconds is not None:
                 cpu[what] = cpu_seconds()
 
-        reply = self._expect("step", warmup_s + self.hold_s(offered_rps, hold_s) + settle_s
-                             + REPLY_MARGIN_S, on_mark=on_mark)
+        reply = self._expect("step", warmup_s + self.hold_s(offered_rps, hold_s) + REPLY_MARGIN_S,
+                             on_mark=on_mark)
         result = StepResult.from_dict(reply["result"])
         start, end = cpu.get("hold_start"), cpu.get("hold_end")
         if start is not None and end is not None:

@@ -73,8 +73,7 @@ def search_capacity(
     def step(rps: float, hold_s: float, phase: str) -> StepResult:
         if on_rate is not None:
             on_rate(rps, phase)
-        result = load.step(rps, profile.warmup_s, hold_s, cpu_seconds=deployment.cpu_seconds,
-                           settle_s=slo.settle_s)
+        result = load.step(rps, profile.warmup_s, hold_s, cpu_seconds=deployment.cpu_seconds)
         time.sleep(profile.cooldown_s)
         wait_until_drained(deployment, DRAIN_LIMIT_HOLDS * hold_s)
         return result

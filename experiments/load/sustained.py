@@ -95,8 +95,7 @@ class SustainedSearch:
                     on_rate(rps)
                     hold_s = sustained_hold_s(self.profile.hold_s, rps, min_arrivals)
                     result = load.step(rps, self.profile.warmup_s, hold_s,
-                                       cpu_seconds=deployment.cpu_seconds,
-                                       settle_s=self.slo.settle_s)
+                                       cpu_seconds=deployment.cpu_seconds)
                     time.sleep(self.profile.cooldown_s)
                     # at the baseline a backlog drains ten times slower than at burst
                     wait_until_drained(deployment, DRAIN_LIMIT_HOLDS * hold_s)
