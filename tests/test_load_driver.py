@@ -205,7 +205,7 @@ def test_a_hold_deals_whole_fresh_decks(arrival_log: ArrivalLog) -> None:
     (The warm-up of 0.55 s keeps the hold's start 50 ms from any arrival.)"""
     with LoadSession(arrival_log.url, LoadSettings(FIXTURES / "weighted_locustfile.py")) as load:
         assert load.deck_arrivals == 20  # the child tells its deck's size
-        assert load.hold_s(10, 4.4) == pytest.approx(4.0)  # and the parent knows the rounding
+        assert load.hold_s(10, 4.4) == pytest.approx(4.0)  # the parent rounds the hold
         steps = [load.step(10, warmup_s=0.55, hold_s=4.4) for _ in range(3)]
     for step in steps:
         assert step.duration_s == pytest.approx(4.0, abs=0.1) and step.errors == 0

@@ -60,7 +60,7 @@ from locust.env import Environment
 from locust.runners import STATE_SPAWNING, STATE_STOPPED, MasterRunner, Runner
 
 from experiments.load.histogram import Window
-from experiments.load.pacing import Deck, Schedule, pool_users, too_late, whole_decks_hold_s
+from experiments.load.pacing import Deck, Schedule, pool_users, too_late
 from experiments.load.survival import Second, SurvivalRule
 from experiments.model import StepResult, SurvivalResult
 
@@ -557,13 +557,10 @@ class Child:
     def step(self, offered_rps: float, warmup_s: float, hold_s: float) -> dict[str, Any]:
         """Open-model step: offer the rate, discard the warm-up, measure the hold, go idle.
 
-        The hold deals its tasks from fresh decks and lasts a whole number of them (nearest to
-        `hold_s`; pacing.whole_decks_hold_s), so it holds the locustfile's mix exactly."""
+        The hold deals its tasks from fresh decks; the parent asks for a whole number of them
+        (`LoadSession.hold_s`), so it holds the locustfile's mix exactly."""
         users = pool_users(offered_rps, max(1, self.workers))
         self._grow_pool(users)
-        deck = self.gate.deck
-        if deck is not None:
-            hold_s = whole_decks_hold_s(hold_s, offered_rps / max(1, self.workers), len(deck))
         self.collector.pace(offered_rps)
         try:
             gevent.sleep(warmup_s)
@@ -869,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("usage", str(exc))
     except Exception as exc:  # noqa: BLE001 - one line to the parent instead of a traceback
         return fail("internal", f"load generator failed to start: {type(exc).__name__}: {exc}")
-    # The deck's size per generator process: the parent sizes holds in whole decks.
+    # The deck's size per generator process: the parent asks for holds of whole decks.
     deck = child.gate.deck
     child.send({"type": "ready", "deck": len(deck) if deck is not None else 0})
     try:

@@ -242,8 +242,8 @@ class LoadSession:
         return self.deck_cards * max(1, self.settings.load_workers)
 
     def hold_s(self, offered_rps: float, hold_s: float) -> float:
-        """The hold a step asked for `hold_s` at `offered_rps` actually lasts: the child
-        rounds it to whole decks (pacing.whole_decks_hold_s)."""
+        """The hold a step asked for `hold_s` at `offered_rps` lasts: the nearest whole number
+        of decks (pacing.whole_decks_hold_s), so it holds the locustfile's mix exactly."""
         if not self.deck_cards:
             return hold_s
         per_process = offered_rps / max(1, self.settings.load_workers)
@@ -324,6 +324,7 @@ class LoadSession:
                 f"step needs offered_rps > 0, warmup_s >= 0 and hold_s > 0, got "
                 f"{offered_rps}, {warmup_s}, {hold_s}"
             )
+        hold_s = self.hold_s(offered_rps, hold_s)
         self._require().send(
             {"cmd": "step", "offered_rps": offered_rps, "warmup_s": warmup_s, "hold_s": hold_s}
         )
@@ -335,8 +336,7 @@ class LoadSession:
             if cpu_seconds is not None:
                 cpu[what] = cpu_seconds()
 
-        reply = self._expect("step", warmup_s + self.hold_s(offered_rps, hold_s) + REPLY_MARGIN_S,
-                             on_mark=on_mark)
+        reply = self._expect("step", warmup_s + hold_s + REPLY_MARGIN_S, on_mark=on_mark)
         result = StepResult.from_dict(reply["result"])
         start, end = cpu.get("hold_start"), cpu.get("hold_end")
         if start is not None and end is not None:
