@@ -553,6 +553,31 @@ def test_a_failed_aim_steps_back_just_under_it() -> None:
     assert (server.limit - result.capacity_rps) / server.limit <= 0.05
 
 
+def test_the_cpu_bound_is_measured_in_the_hold_capacity_names() -> None:
+    """The CPU per request moves within a search (the shop's micro: ~8 ms at half load, ~6 ms
+    flat out). The share of the CPU bound is computed from the demand of the hold that
+    capacity names, so it is that hold's CPU utilization and cannot read above 100 %; from
+    the highest search step's demand it read 117 %."""
+    class Warming(CpuServer):
+        """Full CPU at capacity; a third more CPU per request in every short search step."""
+
+        def __call__(self, rate: float) -> StepResult:
+            result = super().__call__(rate)
+            return replace(result, server_cpu_s=1.33 * self.demand * result.requests)
+
+    box = Warming(demand=0.006, cores=0.33, efficiency=0.97)
+    result = find_capacity(box, SLO, start_rps=8.0, cpu_limit_cores=0.33, confirm=box.confirm)
+    at = step_at_capacity(result.steps)
+    assert at is not None and at.phase == "confirm" and result.confirmed is True
+    assert result.demand_cpu_s == pytest.approx(0.006)  # the confirmation's, not 1.33 x
+    pct = result.pct_of_cpu_bound
+    assert pct is not None and pct == pytest.approx(
+        100 * at.server_cpu_s / (at.duration_s * 0.33))  # the hold's own utilization
+    assert 90 < pct <= 100
+    searched = max((s for s in result.steps if s.passed and s.phase != "confirm"),
+                   key=lambda s: s.offered_rps)
+    assert 100 * at.achieved_rps * service_demand_s(searched) / 0.33 > 115  # the old reading
+
 def test_pct_of_cpu_bound_compares_the_served_throughput() -> None:
     """An offered rate can exceed what the box served: the bound (a throughput) is compared
     with the achieved rate at capacity, so a full box reads <= 100 %, not 102 %."""
