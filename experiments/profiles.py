@@ -56,6 +56,11 @@ class Profile:
     """Whole decks of the locustfile's tasks each sustained step holds at least (0: just
     sustained.MIN_ARRIVALS). At the baseline one shop search holds a micro for seconds, so a
     step's verdict turns on how many of the mix's rare requests it happens to hold."""
+    sustained_steps: int = 2
+    """Steps of the sustained (credits-emptied) search. Its steps are the run's longest (a
+    whole deck at a tenth of the burst rates: 30-50 s each on a micro), and its figure is
+    rough to a factor of two between runs anyway, so quick spends three: a 1.5x bracket
+    and one bisection (about 22 % resolution)."""
 
     def dilated(self, dilation: float) -> Profile:
         """The profile as a box slowed down by `dilation` (1/cpu_scale) runs it: every clock
@@ -82,11 +87,12 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick", warmup_s=0.4, hold_s=1.5, start_rps=24.0, growth=1.5,
                      precision=0.05, max_steps=8, cooldown_s=0.2, survival_users=40,
                      survival_limit_s=33.0, hazard_weight_capacity=0, hazard_weight_survival=2,
-                     confirm_hold_s=4.0, sustained_decks=1),
+                     confirm_hold_s=4.0, sustained_decks=1, sustained_steps=3),
     "standard": Profile(name="standard", warmup_s=2.0, hold_s=7.0, start_rps=15.0, growth=1.5,
                         precision=0.05, max_steps=14, cooldown_s=2.0, survival_users=60,
                         survival_limit_s=300.0, hazard_weight_capacity=0,
-                        hazard_weight_survival=2, confirm_hold_s=20.0, sustained_decks=1),
+                        hazard_weight_survival=2, confirm_hold_s=20.0, sustained_decks=1,
+                        sustained_steps=7),
 }
 
 
