@@ -85,7 +85,7 @@ PROFILES: dict[str, Profile] = {
                      survival_limit_s=8.0, hazard_weight_capacity=0, hazard_weight_survival=2,
                      confirm_hold_s=1.0),
     "quick": Profile(name="quick", warmup_s=0.4, hold_s=1.5, start_rps=24.0, growth=1.5,
-                     precision=0.05, max_steps=8, cooldown_s=0.2, survival_users=40,
+                     precision=0.05, max_steps=10, cooldown_s=0.2, survival_users=40,
                      survival_limit_s=33.0, hazard_weight_capacity=0, hazard_weight_survival=2,
                      confirm_hold_s=4.0, sustained_decks=1, sustained_steps=3),
     "standard": Profile(name="standard", warmup_s=2.0, hold_s=7.0, start_rps=15.0, growth=1.5,

@@ -578,6 +578,53 @@ def test_the_cpu_bound_is_measured_in_the_hold_capacity_names() -> None:
                    key=lambda s: s.offered_rps)
     assert 100 * at.achieved_rps * service_demand_s(searched) / 0.33 > 115  # the old reading
 
+class Moment(CpuServer):
+    """The shop's micro as measured: ~10 ms of CPU per request at a low first step, ~7 ms
+    under load; `bad` offered rates fail the first time they are offered (a moment of the
+    host: a neighbour, a stall), not after."""
+
+    def __init__(self, bad: set[float], **kwargs: float) -> None:
+        super().__init__(**kwargs)
+        self.bad = set(bad)
+
+    def __call__(self, rate: float) -> StepResult:
+        result = super().__call__(rate)
+        if rate < 10:
+            result = replace(result, server_cpu_s=0.010 * result.requests)
+        if rate in self.bad:
+            self.bad.discard(rate)
+            return replace(result, p95_ms=900.0)
+        return result
+
+
+def test_a_failure_the_cpu_contradicts_is_measured_once_more() -> None:
+    """The low first step's demand aims at 29.7 req/s, which fails in a bad moment; the
+    passes below it used ~63 % of the CPU, so 29.7 is measured again, passes, and the search
+    goes on up to the box's real knee instead of stopping at 28.5."""
+    box = Moment(bad={29.7}, demand=0.007, cores=0.33)
+    result = find_capacity(box, SLO, start_rps=8.0, cpu_limit_cores=0.33, max_steps=10)
+    assert box.offered[:6] == [8.0, 29.7, 25.2, 27.4, 28.5, 29.7]
+    assert (box.limit - result.capacity_rps) / box.limit <= 0.05, box.offered
+    assert result.capacity_rps > 40
+
+
+def test_a_limit_other_than_cpu_costs_one_more_step() -> None:
+    """A box that fails above 20 req/s with most of its CPU idle (a lock, too few workers):
+    the failure is measured once more, fails again, and capacity stays where it was."""
+    class Locked(CpuServer):
+        def __call__(self, rate: float) -> StepResult:
+            result = super().__call__(rate)
+            return result if rate < 20 else replace(result, p95_ms=900.0)
+
+    locked = Locked(demand=0.007, cores=0.33)
+    result = find_capacity(locked, SLO, start_rps=8.0, cpu_limit_cores=0.33)
+    assert 19 <= result.capacity_rps < 20
+    failed = [r for r in locked.offered if r >= 20]
+    assert len(failed) - len(set(failed)) == 1  # exactly one rate measured twice
+    plain = Locked(demand=0.007, cores=0.33)
+    find_capacity(plain, SLO, start_rps=8.0)  # no CPU limit known: nothing contradicts
+    assert len(set(plain.offered)) == len(plain.offered)
+
 def test_pct_of_cpu_bound_compares_the_served_throughput() -> None:
     """An offered rate can exceed what the box served: the bound (a throughput) is compared
     with the achieved rate at capacity, so a full box reads <= 100 %, not 102 %."""
