@@ -59,8 +59,8 @@ class Profile:
     sustained_steps: int = 2
     """Steps of the sustained (credits-emptied) search. Its steps are the run's longest (a
     whole deck at a tenth of the burst rates: 30-50 s each on a micro), and its figure is
-    rough to a factor of two between runs anyway, so quick spends three: a 1.5x bracket
-    and one bisection (about 22 % resolution)."""
+    rough to a factor of two between runs anyway, so quick spends three: the first near the
+    measured knee, one x1.5 step, then a bisection or one more x1.5 (a bracket of 1.2-1.5x)."""
 
     def dilated(self, dilation: float) -> Profile:
         """The profile as a box slowed down by `dilation` (1/cpu_scale) runs it: every clock
