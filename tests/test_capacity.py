@@ -625,6 +625,33 @@ def test_a_limit_other_than_cpu_costs_one_more_step() -> None:
     find_capacity(plain, SLO, start_rps=8.0)  # no CPU limit known: nothing contradicts
     assert len(set(plain.offered)) == len(plain.offered)
 
+def test_a_confirmation_with_cpu_to_spare_is_followed_by_one_higher_hold() -> None:
+    """Short steps failed from 35 req/s (a bad minute of the host), the 12 s confirmation at
+    34 held with 28 % of the CPU idle: one more hold at 90 % of the bound its own demand
+    gives passes, and capacity is that. A box limited by something else fails it and keeps
+    its confirmed figure."""
+    class ShortStepsFail(CpuServer):
+        def __call__(self, rate: float) -> StepResult:
+            result = super().__call__(rate)
+            return result if rate < 35 else replace(result, p95_ms=900.0)
+
+    box = ShortStepsFail(demand=0.007, cores=0.33)
+    result = find_capacity(box, SLO, start_rps=8.0, cpu_limit_cores=0.33, confirm=box.confirm)
+    first = box.confirmed[0]
+    assert first < 35 and len(box.confirmed) == 2
+    assert box.confirmed[1] == pytest.approx(0.9 * 0.33 / 0.007, rel=0.01)
+    assert result.capacity_rps == box.confirmed[1] and result.confirmed is True
+    assert "one more hold passed" in result.verdict
+
+    locked = ShortStepsFail(demand=0.007, cores=0.33, confirm_limit=35.0)
+    held = find_capacity(locked, SLO, start_rps=8.0, cpu_limit_cores=0.33,
+                         confirm=locked.confirm)
+    assert held.capacity_rps == locked.confirmed[0] < 35 and len(locked.confirmed) == 2
+    assert "one more hold failed" in held.verdict
+    full = CpuServer(demand=0.007, cores=0.33)  # held near its bound: no extra hold
+    find_capacity(full, SLO, start_rps=8.0, cpu_limit_cores=0.33, confirm=full.confirm)
+    assert len(full.confirmed) == 1
+
 def test_pct_of_cpu_bound_compares_the_served_throughput() -> None:
     """An offered rate can exceed what the box served: the bound (a throughput) is compared
     with the achieved rate at capacity, so a full box reads <= 100 %, not 102 %."""
