@@ -339,6 +339,8 @@ def find_capacity(
         # housekeeping, cold caches). Find the failing side in big steps, then bisect.
         return _round_rate(min(rate * growth, max(rate * BRACKET, aim)))
 
+    aimed = False  # a step aimed at the CPU bound was run
+
     def grow(rate: float) -> float:
         """Step up from `rate` until a step fails (or the budget ends); returns the last rate
         run, or the next one when the budget ended while passing."""
@@ -368,7 +370,6 @@ def find_capacity(
             run(mid)
 
     # 1. grow: the first step measures the demand, the second aims at 90 % of the bound
-    aimed = False  # a step aimed at the CPU bound was run
     rate = grow(_round_rate(start_rps))
 
     # 3. first step failed (not invalid): walk down
