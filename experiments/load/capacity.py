@@ -62,8 +62,10 @@ STEP_BACK = 0.85
 """After a failed aim at the CPU bound the next probes are 85 % of the lowest failed rate,
 until the bracket is narrow enough to bisect."""
 CONTRADICTED = 0.85
-"""A failed search step whose rate needs less than this share of the CPU limit (by the demand
-measured at the highest pass) is measured once more: see `_contradicted_failure`."""
+"""Below this share of its CPU limit a CPU-bound box meets the SLO, so two findings under it
+are doubted once: a failed search step whose rate needs less (by the demand measured at the
+highest pass) is measured again (`_contradicted_failure`), and a first confirmation hold
+that used less is followed by one higher hold (`_lifted_rate`)."""
 MAX_CONFIRMATIONS = 3
 SERVED_MARGIN = 0.95
 """The last confirmation hold after one the box could not keep up with offers at most 95 % of
