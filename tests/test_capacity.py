@@ -125,6 +125,18 @@ def test_first_step_fails_walks_down_then_bisects() -> None:
     assert result.steps[0].passed is False
 
 
+def test_a_walk_down_factor_steps_down_in_smaller_steps() -> None:
+    """The sustained search aims its first step near the knee, so it walks down x0.7: the
+    step under the failure lands closer (and holds its arrivals sooner) than halving."""
+    server = Server(limit=3.0)
+    result = find_capacity(server, SLO, start_rps=5, walk_down=0.7)
+    assert server.offered[:3] == [5.0, 3.5, 2.45]
+    assert 3.0 * 0.95 <= result.capacity_rps < 3.0
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="walk_down"):
+            find_capacity(server, SLO, start_rps=5, walk_down=bad)
+
+
 def test_nothing_passes_gives_zero() -> None:
     server = Server(limit=0.1)
     result = find_capacity(server, SLO, start_rps=5)

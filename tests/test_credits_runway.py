@@ -206,9 +206,10 @@ def test_a_sustained_step_holds_enough_arrivals_to_be_judged() -> None:
         assert slo.judge(step).passed is passed, (hold, slo.judge(step).verdict)
 
 
-def test_every_sustained_step_waits_for_its_backlog_to_drain(monkeypatch) -> None:
-    """Like the burst search (experiments.load.search): at the baseline a backlog drains ten
-    times slower, so a failed sustained step must not hand its queue to the next one."""
+def _sustained_search(monkeypatch, carries_rps: float):
+    """A quick-profile sustained search of micro (burst capacity 40 req/s, 1 vCPU used at it:
+    a 4 req/s estimate) on a fake box that meets the SLO up to `carries_rps`.
+    Returns (the search's result, the (rps, hold) of each step, the drain waits, the box)."""
     from dataclasses import replace
 
     from experiments.load import sustained as mod
@@ -221,7 +222,7 @@ def test_every_sustained_step_waits_for_its_backlog_to_drain(monkeypatch) -> Non
     drained: list[tuple[object, float]] = []
     held: list[tuple[float, float]] = []
 
-    class Session:  # the load generator: the box carries up to 4 req/s at its baseline
+    class Session:  # the load generator in front of a box that carries `carries_rps`
         deck_arrivals = 100  # the shop's deck
 
         def __init__(self, url: str, settings: LoadSettings) -> None: ...
@@ -232,7 +233,7 @@ def test_every_sustained_step_waits_for_its_backlog_to_drain(monkeypatch) -> Non
                  cpu_seconds: object = None) -> StepResult:
             assert cpu_seconds is not None  # the step records the box's CPU, as burst steps do
             held.append((rps, hold_s))
-            p95_ms = 200 if rps <= 4.0 else 60_000
+            p95_ms = 200 if rps <= carries_rps else 60_000
             return StepResult(offered_rps=rps, achieved_rps=rps, p50_ms=100, p95_ms=p95_ms,
                               p99_ms=p95_ms, error_rate=0.0, requests=round(rps * hold_s),
                               duration_s=hold_s)
@@ -253,6 +254,15 @@ def test_every_sustained_step_waits_for_its_backlog_to_drain(monkeypatch) -> Non
     burst = CapacityResult(40.0, 200.0, [], (40.0, 44.0))
     found = search.run(deployment, burst, lambda rps: None, lambda step: None)  # type: ignore[arg-type]
     assert found is not None and found.source == "measured" and held
+    return found, held, drained, deployment
+
+
+def test_every_sustained_step_waits_for_its_backlog_to_drain(monkeypatch) -> None:
+    """Like the burst search (experiments.load.search): at the baseline a backlog drains ten
+    times slower, so a failed sustained step must not hand its queue to the next one."""
+    from experiments.load import sustained as mod
+
+    found, held, drained, deployment = _sustained_search(monkeypatch, carries_rps=4.0)
     assert [d for d, _ in drained] == [deployment] * len(held)
     assert [limit for _, limit in drained] == [mod.DRAIN_LIMIT_HOLDS * h for _, h in held]
     # quick holds the shop's whole deck in every sustained step (its 4.5 s alone: 18 at 4 req/s)
@@ -261,6 +271,16 @@ def test_every_sustained_step_waits_for_its_backlog_to_drain(monkeypatch) -> Non
     # knee was measured, then grown x1.5: quick's three steps bracket it
     assert [rps for rps, _ in held] == [2.2, 3.3, 4.95]
     assert found.capacity_rps == 3.3 and "between 3.3 and 4.95" in found.verdict
+
+
+def test_a_failed_first_sustained_step_walks_down_by_a_third_not_half(monkeypatch) -> None:
+    """A knee below the first step (2.2 req/s): the next step is 2.2 x 0.7 = 1.54, which holds
+    its deck in 65 s where halving (1.1 req/s) held it 91 s and then bisected from further
+    below; the third step splits 1.54-2.2 and the answer is within 15 % of the knee."""
+    found, held, _, _ = _sustained_search(monkeypatch, carries_rps=1.9)
+    assert [rps for rps, _ in held] == [2.2, 1.54, 1.84]
+    assert held[1][1] == pytest.approx(100 / 1.54)
+    assert found.capacity_rps == 1.84
 
 
 def test_a_sustained_step_holds_whole_decks_of_the_mix() -> None:

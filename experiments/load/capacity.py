@@ -18,8 +18,9 @@ The search (what the report calls "capacity"):
    `CONTRADICTED` (85 %) of the CPU, that failure is measured once more: a CPU-bound box
    does not miss the SLO with its CPU idle, so either the host had a bad moment (it passes
    now, and the search goes on from there) or the box has another limit (it fails again).
-3. If the very first step fails, halve the rate until a step passes or the rate falls below
-   `MIN_RPS`, then bisect as above; if nothing passes, capacity is 0.
+3. If the very first step fails, walk down (x`walk_down`, by default halving) until a step
+   passes or the rate falls below `MIN_RPS`, then bisect as above; if nothing passes,
+   capacity is 0.
 4. Confirm: hold the found rate longer than a search step (`confirm`). If that fails, step
    down by `precision` (the search's own resolution), then by twice that — or, when the box
    could not keep up and that is lower, to the middle between what the failed hold served and
@@ -287,14 +288,19 @@ def find_capacity(
     on_step: Callable[[StepResult], None] | None = None,
     cpu_limit_cores: float | None = None,
     confirm: Callable[[float], StepResult] | None = None,
+    walk_down: float = 0.5,
 ) -> CapacityResult:
     """Search the capacity with `measure(offered_rps) -> StepResult` (see the module doc).
 
     `cpu_limit_cores` (the deployment's CPU limit) turns on the guided search when steps carry
-    `server_cpu_s`; `confirm(offered_rps)` runs the longer confirmation hold.
+    `server_cpu_s`; `confirm(offered_rps)` runs the longer confirmation hold; `walk_down` is
+    the factor each step below a failed first step applies (a first step aimed close to the
+    answer walks down in smaller steps than halving).
     """
-    if start_rps <= 0 or growth <= 1 or precision <= 0 or max_steps < 1:
-        raise ValueError("start_rps > 0, growth > 1, precision > 0 and max_steps >= 1 required")
+    if (start_rps <= 0 or growth <= 1 or precision <= 0 or max_steps < 1
+            or not 0 < walk_down < 1):
+        raise ValueError("start_rps > 0, growth > 1, precision > 0, max_steps >= 1 and "
+                         "0 < walk_down < 1 required")
     if cpu_limit_cores is not None and cpu_limit_cores <= 0:
         cpu_limit_cores = None
     steps: list[StepResult] = []
@@ -377,8 +383,8 @@ def find_capacity(
     # 3. first step failed (not invalid): walk down
     if best is None and saturated_rps is None and fail_rps is not None:
         rate = fail_rps
-        while budget() and best is None and rate / 2 >= MIN_RPS:
-            rate = _round_rate(rate / 2)
+        while budget() and best is None and rate * walk_down >= MIN_RPS:
+            rate = _round_rate(rate * walk_down)
             run(rate)
 
     # 2. bisect
