@@ -1,7 +1,7 @@
 """Where does the shop's capacity noise come from? Per-route CPU cost, per-step demand spread.
 
     flock /tmp/scalelab-cpu.lock .venv/bin/python benchmarks/bench_shop_noise.py
-        [--variant micro] [--routes-n 60] [--steps 6] [--rates 8,30] [--hold 4]
+        [--variant micro] [--routes-n 60] [--steps 6] [--rates 8,30] [--hold 4] [--probe-steps]
 
 Deploys one shop variant (local backend, real cgroups, the run's cpu_scale) and measures on it:
 
@@ -14,7 +14,9 @@ Deploys one shop variant (local backend, real cgroups, the run's cpu_scale) and 
    the demand moves with the requests the deployment has already served (state drift);
 3. the host: steal and other processes' CPU share over each phase (/proc/stat), and with
    `--host-probe S` the CPU time a fixed piece of work takes alone and beside a busy second
-   CPU (on this 2-vCPU host it varied 20-36 ms for the same work: see the report of issue 10).
+   CPU (on this 2-vCPU host it varied 20-36 ms for the same work: see the report of issue 10);
+   with `--probe-steps` the same work timed on each CPU *during* every step, set next to the
+   step's demand (correlation, and the demand's CV with the host's speed divided out).
 
 The mix's expected mean and the spread a step of n requests *should* have if requests were
 drawn independently from the mix (sqrt(var / n)) are printed next to the measured spread, so
@@ -24,12 +26,14 @@ drawn independently from the mix (sqrt(var / n)) are printed next to the measure
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +98,39 @@ def host_speed(seconds: float) -> dict[str, float]:
                          ("cv", statistics.stdev(xs) / statistics.mean(xs)))}
 
 
+class StepProbe:
+    """`fixed_work_ms` every `period_s` on each host CPU (one thread pinned to each) while
+    steps run: the host's speed *during* each step, to set next to the step's demand. If the
+    demand's scatter is the host's, demand / probe scatters less than demand does."""
+
+    def __init__(self, period_s: float = 0.5) -> None:
+        self.period_s = period_s
+        self.samples: list[tuple[float, int, float]] = []  # (monotonic end, cpu, ms)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(cpu,), daemon=True)
+                         for cpu in sorted(os.sched_getaffinity(0))]
+
+    def _run(self, cpu: int) -> None:
+        os.sched_setaffinity(0, {cpu})  # this thread only
+        while not self._stop.wait(self.period_s):
+            ms = fixed_work_ms()
+            self.samples.append((time.monotonic(), cpu, ms))
+
+    def __enter__(self) -> StepProbe:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+    def median_ms(self, start: float, end: float) -> float | None:
+        xs = [ms for t, _, ms in self.samples if start <= t <= end]
+        return statistics.median(xs) if xs else None
+
+
 def hey_cost(url: str, n: int, cpu: callable, idle_cores: float, method: str = "GET",
              body: str | None = None) -> tuple[float, float]:
     """(CPU ms per request, requests/s) of `n` requests by hey -c 2 to `url`."""
@@ -119,6 +156,9 @@ def main() -> int:
     parser.add_argument("--hold", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--skip-routes", action="store_true")
+    parser.add_argument("--probe-steps", action="store_true",
+                        help="time a fixed piece of work on each CPU during every step and set "
+                             "the host's speed next to the step's demand")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--host-probe", type=float, default=0.0, metavar="S",
                         help="first time a fixed piece of work S s alone and S s beside a "
@@ -203,26 +243,32 @@ def main() -> int:
             settings = LoadSettings(locustfile, env={"SHOP_ALL_WEIGHT": "0"})
             steps_out = []
             served = 0
-            with LoadSession(dep.url, settings) as load:
+            probe = StepProbe() if args.probe_steps else contextlib.nullcontext()
+            with LoadSession(dep.url, settings) as load, probe:
                 for rate in (float(r) for r in args.rates.split(",")):
-                    demands = []
+                    demands, speeds = [], []
                     for i in range(args.steps):
-                        h0 = proc_stat()
+                        h0, t0 = proc_stat(), time.monotonic()
                         step = load.step(rate, args.warmup, args.hold, cpu_seconds=cpu)
                         busy, steal = host_share(h0, proc_stat())
+                        speed = (probe.median_ms(t0 + args.warmup, time.monotonic())
+                                 if isinstance(probe, StepProbe) else None)
                         served += step.requests
                         d = None
                         if step.server_cpu_s is not None and step.requests:
                             # raw: what the search divides (cgroup CPU / requests, idle in)
                             d = 1000 * step.server_cpu_s / step.requests
                             demands.append(d)
+                            if speed is not None:
+                                speeds.append(speed)
                         steps_out.append({"rate": rate, "i": i, "requests": step.requests,
                                           "demand_ms": d, "p95_ms": step.p95_ms,
                                           "served_before": served, "host_busy": busy,
-                                          "steal": steal})
+                                          "steal": steal, "probe_ms": speed})
                         print(f"  mix {rate:g} req/s #{i + 1}: {step.requests} requests, "
                               f"demand {d or 0:.2f} ms, p95 {step.p95_ms:.0f} ms, host busy "
-                              f"{busy:.0%} steal {steal:.1%}", flush=True)
+                              f"{busy:.0%} steal {steal:.1%}"
+                              + (f", fixed work {speed:.1f} ms" if speed else ""), flush=True)
                         time.sleep(0.5)
                     if len(demands) > 1:
                         cv = statistics.stdev(demands) / statistics.mean(demands)
@@ -236,6 +282,15 @@ def main() -> int:
                                         f"give CV {cv_draws:.1%}")
                         print(f"  mix {rate:g} req/s: demand mean {statistics.mean(demands):.2f} "
                               f"ms, CV {cv:.1%}{expected}", flush=True)
+                    if len(speeds) == len(demands) > 2:
+                        per_work = [d / w for d, w in zip(demands, speeds, strict=True)]
+                        cv_per_work = statistics.stdev(per_work) / statistics.mean(per_work)
+                        print(f"  mix {rate:g} req/s: fixed work CV "
+                              f"{statistics.stdev(speeds) / statistics.mean(speeds):.1%}, "
+                              f"correlation with the demand "
+                              f"{statistics.correlation(demands, speeds):+.2f}; demand / fixed "
+                              f"work CV {cv_per_work:.1%}"
+                              " (the demand with the host's speed divided out)", flush=True)
             out["steps"] = steps_out
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
