@@ -620,6 +620,19 @@ def test_a_failure_the_cpu_contradicts_is_measured_once_more() -> None:
     assert result.capacity_rps > 40
 
 
+def test_a_first_step_the_cpu_contradicts_is_repeated_before_bisecting() -> None:
+    """Recorded on micro-swap: the first step (7.92 req/s, a fifth of the bound) failed in a
+    bad moment; the walk down passed 3.96 with ~12 % of the CPU used, and bisection crept up
+    5.6, 6.66, 7.26, 7.58 before the repeat of 7.92 passed: quick's budget ran out at 44.4
+    while still passing. Repeated at once, the search aims at the bound from there."""
+    box = Moment(bad={7.92}, demand=0.007, cores=0.33)
+    result = find_capacity(box, SLO, start_rps=7.92, cpu_limit_cores=0.33, max_steps=10)
+    assert box.offered[:4] == [7.92, 3.96, 7.92, 29.7]
+    assert len(box.offered) <= 8
+    assert (box.limit - result.capacity_rps) / box.limit <= 0.05, box.offered
+    assert "7.92 rps failed with CPU to spare and was measured again: it passed" in result.verdict
+
+
 def test_a_limit_other_than_cpu_costs_one_more_step() -> None:
     """A box that fails above 20 req/s with most of its CPU idle (a lock, too few workers):
     the failure is measured once more, fails again, and capacity stays where it was."""
@@ -663,6 +676,25 @@ def test_a_confirmation_with_cpu_to_spare_is_followed_by_one_higher_hold() -> No
     full = CpuServer(demand=0.007, cores=0.33)  # held near its bound: no extra hold
     find_capacity(full, SLO, start_rps=8.0, cpu_limit_cores=0.33, confirm=full.confirm)
     assert len(full.confirmed) == 1
+
+def test_the_extra_hold_is_decided_by_the_share_the_report_states() -> None:
+    """A confirmation with 1 % failed requests (within the SLO) that used 85.5 % of the CPU:
+    the report states 85.5 % of the CPU bound, so no extra hold (it is at the threshold, not
+    below). Before, the decision discounted the failed requests (84.6 %) and held once more."""
+    from experiments.load.capacity import CapacityResult, _lifted_rate, _utilization
+
+    hold = replace(SLO.judge(replace(step(40.0, errors=4), duration_s=10.0,
+                                     server_cpu_s=0.855 * 0.33 * 10.0)), phase="confirm")
+    assert hold.passed and hold.error_rate == 0.01
+    demand = service_demand_s(hold)
+    assert demand is not None
+    result = CapacityResult(40.0, 100.0, [hold], (40.0, 42.0), confirmed=True,
+                            demand_cpu_s=demand, cpu_limit_cores=0.33,
+                            cpu_bound_rps=0.33 / demand)
+    assert result.pct_of_cpu_bound == pytest.approx(85.5)
+    assert 100 * _utilization(hold, 0.33) == pytest.approx(result.pct_of_cpu_bound)
+    assert _lifted_rate(hold, 0.33, 0.05) is None
+
 
 def test_pct_of_cpu_bound_compares_the_served_throughput() -> None:
     """An offered rate can exceed what the box served: the bound (a throughput) is compared

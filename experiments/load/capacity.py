@@ -18,6 +18,8 @@ The search (what the report calls "capacity"):
    `CONTRADICTED` (85 %) of the CPU, that failure is measured once more: a CPU-bound box
    does not miss the SLO with its CPU idle, so either the host had a bad moment (it passes
    now, and the search goes on from there) or the box has another limit (it fails again).
+   Once per search: before bisecting (a first step that failed at a fifth of the bound is
+   not crept up to in 5 % steps) or, failing that, after it.
 3. If the very first step fails, walk down (x`walk_down`, by default halving) until a step
    passes or the rate falls below `MIN_RPS`, then bisect as above; if nothing passes,
    capacity is 0.
@@ -248,11 +250,14 @@ def _contradicted_failure(best: StepResult | None, fail_rps: float | None,
 
 
 def _utilization(hold: StepResult, cpu_limit_cores: float | None) -> float:
-    """The share of the CPU limit the hold used (served x demand / limit); 0 when unknown."""
+    """The share of the CPU limit the hold used, 0 when unknown: achieved x demand / limit,
+    i.e. its CPU-seconds / (duration x limit) — the figure the report states as the share of
+    the CPU bound when this hold names the capacity (failed requests used CPU too, so they
+    count, as they do there)."""
     demand = service_demand_s(hold)
     if demand is None or not cpu_limit_cores:
         return 0.0
-    return hold.achieved_rps * (1 - hold.error_rate) * demand / cpu_limit_cores
+    return hold.achieved_rps * demand / cpu_limit_cores
 
 
 def _lifted_rate(hold: StepResult, cpu_limit_cores: float | None, precision: float
@@ -377,8 +382,29 @@ def find_capacity(
                 break
             run(mid)
 
+    rate = _round_rate(start_rps)
+    remeasured: float | None = None
+    again: StepResult | None = None  # the repeated step, once one was run
+
+    def remeasure_contradicted() -> None:
+        """2b. Measure once per search a failure the utilization law contradicts; if it
+        passes (a moment of the host, not the box), search on from there."""
+        nonlocal remeasured, again, fail_rps, rate
+        if again is not None or not budget():
+            return
+        remeasured = _contradicted_failure(best, fail_rps, cpu_limit_cores)
+        if remeasured is None:
+            return
+        again = run(remeasured)
+        if again.passed:
+            fail_rps = min((s.offered_rps for s in steps if not s.passed
+                            and not s.generator_saturated and s.offered_rps > remeasured),
+                           default=None)
+            if fail_rps is None:
+                rate = grow(next_rate(remeasured, aimed))
+
     # 1. grow: the first step measures the demand, the second aims at 90 % of the bound
-    rate = grow(_round_rate(start_rps))
+    rate = grow(rate)
 
     # 3. first step failed (not invalid): walk down
     if best is None and saturated_rps is None and fail_rps is not None:
@@ -387,20 +413,13 @@ def find_capacity(
             rate = _round_rate(rate * walk_down)
             run(rate)
 
-    # 2. bisect
+    # 2b before bisecting: a failure far below the bound (a first step that failed at a
+    # fifth of it) is repeated at once rather than crept up to by bisection
+    remeasure_contradicted()
+    # 2. bisect, then 2b for a failure bisection found just above the highest pass
     bisect()
-
-    # 2b. a failure the utilization law contradicts is measured once more
-    remeasured = _contradicted_failure(best, fail_rps, cpu_limit_cores)
-    again: StepResult | None = None
-    if remeasured is not None and budget() and (again := run(remeasured)).passed:
-        # it was the moment, not the box: search on from there
-        fail_rps = min((s.offered_rps for s in steps if not s.passed
-                        and not s.generator_saturated and s.offered_rps > remeasured),
-                       default=None)
-        if fail_rps is None:
-            rate = grow(next_rate(remeasured, aimed=True))
-        bisect()
+    remeasure_contradicted()
+    bisect()
 
     capacity = best.offered_rps if best else 0.0
     p95 = best.p95_verdict_ms if best else None
