@@ -383,13 +383,12 @@ def find_capacity(
             run(mid)
 
     rate = _round_rate(start_rps)
-    remeasured: float | None = None
     again: StepResult | None = None  # the repeated step, once one was run
 
     def remeasure_contradicted() -> None:
         """2b. Measure once per search a failure the utilization law contradicts; if it
         passes (a moment of the host, not the box), search on from there."""
-        nonlocal remeasured, again, fail_rps, rate
+        nonlocal again, fail_rps, rate
         if again is not None or not budget():
             return
         remeasured = _contradicted_failure(best, fail_rps, cpu_limit_cores)
@@ -454,7 +453,7 @@ def find_capacity(
         )
 
     if again is not None:
-        verdict += (f"; {remeasured:g} rps failed with CPU to spare and was measured again: "
+        verdict += (f"; {again.offered_rps:g} rps failed with CPU to spare and was measured again: "
                     + ("it passed (the failure was a moment, not the box)" if again.passed
                        else "it failed again (a limit other than CPU)"))
 
