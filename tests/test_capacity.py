@@ -668,14 +668,43 @@ def test_a_confirmation_with_cpu_to_spare_is_followed_by_one_higher_hold() -> No
     assert result.capacity_rps == box.confirmed[1] and result.confirmed is True
     assert "one more hold passed" in result.verdict
 
+    # a box limited by something else fails it; one hold between the two decides (below)
     locked = ShortStepsFail(demand=0.007, cores=0.33, confirm_limit=35.0)
     held = find_capacity(locked, SLO, start_rps=8.0, cpu_limit_cores=0.33,
                          confirm=locked.confirm)
-    assert held.capacity_rps == locked.confirmed[0] < 35 and len(locked.confirmed) == 2
+    assert held.capacity_rps == locked.confirmed[0] < 35 and len(locked.confirmed) == 3
     assert "one more hold failed" in held.verdict
     full = CpuServer(demand=0.007, cores=0.33)  # held near its bound: no extra hold
     find_capacity(full, SLO, start_rps=8.0, cpu_limit_cores=0.33, confirm=full.confirm)
     assert len(full.confirmed) == 1
+
+def test_a_failed_higher_hold_is_refined_by_one_hold_between() -> None:
+    """Recorded in CI (smoke, micro): the step budget ran out at 15.8 req/s after 64.4 and
+    54.7 failed, the confirmation held 15.8 with 59 % of the CPU idle, the higher hold at
+    34.8 failed (the box was slower that minute) and capacity read 15.8, a third of the
+    knee; scale-out read 15.8 below micro's 30.4 the same way. The two holds bracket the
+    knee as a failed walk does, so one more hold at their geometric middle decides."""
+    class ShortStepsFail(CpuServer):
+        def __call__(self, rate: float) -> StepResult:
+            result = super().__call__(rate)
+            return result if rate < 20 else replace(result, p95_ms=900.0)
+
+    for confirm_limit, lands_between in ((30.0, True), (22.0, False)):
+        box = ShortStepsFail(demand=0.007, cores=0.33, confirm_limit=confirm_limit)
+        result = find_capacity(box, SLO, start_rps=8.0, cpu_limit_cores=0.33,
+                               confirm=box.confirm)
+        first, lifted, middle = box.confirmed
+        assert first < 20 and lifted == pytest.approx(0.9 * 0.33 / 0.007, rel=0.01)
+        assert middle == pytest.approx((first * lifted) ** 0.5, rel=0.01)
+        assert result.confirmed is True and "one more hold failed" in result.verdict
+        if lands_between:
+            assert result.capacity_rps == middle < confirm_limit
+            assert "refinement hold between them passed" in result.verdict
+        else:
+            assert result.capacity_rps == first
+            assert "refinement hold between them failed" in result.verdict
+        assert step_at_capacity(result.steps).offered_rps == result.capacity_rps
+
 
 def test_the_extra_hold_is_decided_by_the_share_the_report_states() -> None:
     """A confirmation with 1 % failed requests (within the SLO) that used 85.5 % of the CPU:

@@ -142,8 +142,17 @@ def test_interrupt_then_resume_two_variants(tmp_path: Path) -> None:
     variants = {v["name"]: v for v in summary["variants"]}
     assert list(variants) == ["micro", "scale-out"]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
-    assert variants["scale-out"]["capacity_rps"] > variants["micro"]["capacity_rps"]
+    assert variants["scale-out"]["capacity_rps"] > variants["micro"]["capacity_rps"], \
+        {name: search_steps(run_dir / name) for name in variants}
     check_files(run_dir, list(variants))
+
+
+def search_steps(variant_dir: Path) -> str:
+    """A capacity search in one line (rate, + pass / - fail, c confirmation), so a failed
+    comparison shows how each search ended."""
+    steps = json.loads((variant_dir / "steps.json").read_text())
+    return " ".join(f"{s['offered_rps']:g}{'+' if s['passed'] else '-'}"
+                    f"{'c' if s.get('phase') == 'confirm' else ''}" for s in steps)
 
 
 @pytest.mark.skipif(not FIXTURE_APP.is_dir(), reason="bring-your-own-app fixture not present")

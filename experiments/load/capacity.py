@@ -32,10 +32,11 @@ The search (what the report calls "capacity"):
    hold at their geometric middle refines it. When the first hold passes with more than
    15 % of the CPU idle (by its own demand, the search's best-measured), the short steps
    that failed above it stopped the search early: one more hold at `AIM` of that bound
-   decides (`_lifted_rate`). Capacity is the highest confirmed rate. If every
-   confirmation fails, capacity is the highest rate that held: the highest search step
-   below the failed holds that passed (`confirmed` False says it is unconfirmed), never the
-   figure they refuted.
+   decides (`_lifted_rate`); if it fails, the two holds bracket the knee and one hold at
+   their geometric middle refines it, as after a walk. Capacity is the highest confirmed
+   rate. If every confirmation fails, capacity is the highest rate that held: the highest
+   search step below the failed holds that passed (`confirmed` False says it is
+   unconfirmed), never the figure they refuted.
 5. A step measured while the load generator itself was saturated is *invalid*: it says nothing
    about the server. The search stops there and reports an honest bracket: capacity >= the
    last passing rate, the upper end being where the generator ran out of CPU (use more
@@ -463,6 +464,18 @@ def find_capacity(
         def confirm_judged(rate: float) -> StepResult:
             return record(slo.judge(replace(confirm(rate), phase="confirm")))
 
+        def refine(passed: StepResult, refuted_rps: float) -> StepResult:
+            """One more hold between a hold that passed and a higher one that failed (when
+            they lie more than `precision` apart); the higher of the two that passed."""
+            nonlocal verdict
+            middle = _refinement(passed.offered_rps, refuted_rps, precision)
+            if middle is None:
+                return passed
+            check = confirm_judged(middle)
+            verdict += (f"; a refinement hold between them "
+                        f"{'passed' if check.passed else 'failed'} at {middle:g} rps")
+            return check if check.passed else passed
+
         rate = refuted = capacity  # refuted: the lowest failed hold, once one failed
         for attempt in range(MAX_CONFIRMATIONS):
             step = confirm_judged(rate)
@@ -473,13 +486,7 @@ def find_capacity(
                 if rate < capacity:
                     verdict += (f"; the confirmation hold failed at {capacity:g} rps and "
                                 f"passed at {rate:g} rps")
-                    middle = _refinement(rate, refuted, precision)
-                    if middle is not None:
-                        check = confirm_judged(middle)
-                        verdict += (f"; a refinement hold between them "
-                                    f"{'passed' if check.passed else 'failed'} at {middle:g} rps")
-                        if check.passed:
-                            rate, step = middle, check
+                    step = refine(step, refuted)
                 else:
                     verdict += f"; confirmed by a {step.duration_s:.0f} s hold"
                     lifted = _lifted_rate(step, cpu_limit_cores, precision)
@@ -488,9 +495,9 @@ def find_capacity(
                         verdict += (f" that left {1 - _utilization(step, cpu_limit_cores):.0%} "
                                     f"of the CPU idle; one more hold "
                                     f"{'passed' if check.passed else 'failed'} at {lifted:g} rps")
-                        if check.passed:
-                            rate, step = lifted, check
-                capacity, p95 = rate, step.p95_verdict_ms
+                        # failed: the knee lies between the two holds, as in the walk down
+                        step = check if check.passed else refine(step, lifted)
+                capacity, p95 = step.offered_rps, step.p95_verdict_ms
                 break
             confirmed = False
             refuted = rate  # the walk only goes down
