@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments.backends.local import LocalBackend  # noqa: E402
+from experiments.load.capacity import search_trail  # noqa: E402
 from experiments.load.driver import LoadSession, LoadSettings  # noqa: E402
 from experiments.load.search import search_capacity  # noqa: E402
 from experiments.model import Slo  # noqa: E402
@@ -82,9 +83,7 @@ def main() -> int:
                     with LoadSession(deployment.url, settings) as load:
                         result = search_capacity(load, deployment, profile, slo)
                     took = time.monotonic() - began
-                    trail = " ".join(f"{s.offered_rps:g}{'+' if s.passed else '-'}"
-                                     + ("c" if s.phase == "confirm" else "")
-                                     for s in result.steps)
+                    trail = search_trail(result.steps)
                     # per step: CPU ms per request and the host's busy share (other processes)
                     detail = " ".join(
                         f"{s.offered_rps:g}:{1000 * s.server_cpu_s / s.requests:.1f}ms/"

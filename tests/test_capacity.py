@@ -678,6 +678,7 @@ def test_a_confirmation_with_cpu_to_spare_is_followed_by_one_higher_hold() -> No
     find_capacity(full, SLO, start_rps=8.0, cpu_limit_cores=0.33, confirm=full.confirm)
     assert len(full.confirmed) == 1
 
+
 def test_a_failed_higher_hold_is_refined_by_one_hold_between() -> None:
     """Recorded in CI (smoke, micro): the step budget ran out at 15.8 req/s after 64.4 and
     54.7 failed, the confirmation held 15.8 with 59 % of the CPU idle, the higher hold at

@@ -148,11 +148,13 @@ def test_interrupt_then_resume_two_variants(tmp_path: Path) -> None:
 
 
 def search_steps(variant_dir: Path) -> str:
-    """A capacity search in one line (rate, + pass / - fail, c confirmation), so a failed
-    comparison shows how each search ended."""
+    """The variant's capacity search in one line, so a failed comparison shows how each
+    search ended."""
+    from experiments.load.capacity import search_trail
+    from experiments.model import StepResult
+
     steps = json.loads((variant_dir / "steps.json").read_text())
-    return " ".join(f"{s['offered_rps']:g}{'+' if s['passed'] else '-'}"
-                    f"{'c' if s.get('phase') == 'confirm' else ''}" for s in steps)
+    return search_trail(StepResult.from_dict(step) for step in steps)
 
 
 @pytest.mark.skipif(not FIXTURE_APP.is_dir(), reason="bring-your-own-app fixture not present")

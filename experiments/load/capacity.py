@@ -48,7 +48,7 @@ CPU; far below, of something else (workers, memory, a lock, the database)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -159,6 +159,13 @@ def bound_sentence(capacity_rps: float | None, pct_of_cpu_bound: float | None,
     return (f"{capacity_rps:g} req/s = {pct_of_cpu_bound:.0f} % of the CPU bound (served "
             f"{served:.3g} of {cpu_bound_rps:.3g} req/s = {cores:.2g} cores / "
             f"{demand_cpu_ms:.2g} ms CPU per request)")
+
+
+def search_trail(steps: Iterable[StepResult]) -> str:
+    """A search in one line, e.g. '7.92+ 64.4- 54.7+ 54.7+c' (rate, + passed / - failed, c a
+    confirmation hold): how a search ended, at a glance (benchmarks, test failures)."""
+    return " ".join(f"{s.offered_rps:g}{'+' if s.passed else '-'}"
+                    f"{'c' if s.phase == 'confirm' else ''}" for s in steps)
 
 
 def _unconfirmed(steps: list[StepResult], verdict: str) -> tuple[float, float | None, str]:
