@@ -195,6 +195,9 @@ class VariantSummary(Record):
     """Utilization-law bound: the CPU limit / the demand."""
     capacity_pct_of_cpu_bound: float | None = None
     """Near 100: the box ran out of CPU; far below: of something else."""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Host wall-clock seconds per stage (deploy, capacity, sustained, survival, observe —
+    which includes the teardown —, diagnose, price): where the run's time went."""
 
     @classmethod
     def build(cls, variant: Variant, capacity_rps: float, p95_at_capacity: float | None,

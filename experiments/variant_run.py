@@ -21,6 +21,7 @@ only then are the results judged and written.
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -84,6 +85,11 @@ class VariantRun:
     sustained: Sustained | None = None
     forced_credits: tuple[float, float] | None = None
     """When the credit balance was forced empty (sustained stage): not a failure to diagnose."""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Host wall-clock seconds each stage took, by `Stage` name (deploy includes waiting
+    healthy, observe the teardown): where a run's time goes, e.g. which stage a shorter demo
+    would have to give up."""
+    _stage_since: float | None = field(init=False, default=None)
     view: VariantProgress = field(init=False)
     _on_step: Callable[[StepResult], None] = field(init=False)
 
@@ -214,7 +220,7 @@ class VariantRun:
         left out (it stays in signals.csv and logs.jsonl)."""
         from experiments.diagnose import diagnose
 
-        self.stage = Stage.DIAGNOSE
+        self.switch(Stage.DIAGNOSE)
         failure = diagnose(self.variant, observations.outside(self.forced_credits),
                            capacity.steps, survival, self.slo)
         self.store.save_json(self.variant.name, "diagnosis.json", failure.to_dict())
@@ -225,10 +231,10 @@ class VariantRun:
         """Price at capacity, then build and store the variant's record."""
         from experiments.cost import price_at_capacity
 
-        self.stage = Stage.PRICE
+        self.switch(Stage.PRICE)
         priced = price_at_capacity(self.variant, capacity.capacity_rps, capacity.steps,
                                    observations, self.sustained, self.cpu_scale)
-        self.stage = Stage.STORE
+        self.switch(Stage.STORE)  # the stages' clocks end here: storing is the record itself
         entry = VariantSummary.build(
             self.variant, capacity.capacity_rps, capacity.p95_ms_at_capacity, capacity.steps,
             survival, failure, priced.cost, self.plan.profile.name,
@@ -236,7 +242,8 @@ class VariantRun:
             burst=priced.burst, dilation=self.dilation)
         if self.capacity_spread is not None:
             entry = entry.with_spread(self.capacity_spread)
-        entry = replace(entry, **capacity.summary_fields())
+        entry = replace(entry, **capacity.summary_fields(),
+                        stage_seconds={k: round(v, 1) for k, v in self.stage_seconds.items()})
         self.store.finish_variant(entry)
         self.view.done(entry, survival, failure)
         return entry
@@ -244,8 +251,17 @@ class VariantRun:
     # ---- bookkeeping ---------------------------------------------------------------------
 
     def enter(self, stage: Stage, total: float | None = None, detail: str = "") -> None:
-        self.stage = stage
+        self.switch(stage)
         self.view.enter(str(stage), total, detail)
+
+    def switch(self, stage: Stage) -> None:
+        """Stop the current stage's clock (adding to `stage_seconds`; a stage entered again,
+        e.g. one capacity search per repeat, adds up) and start `stage`'s."""
+        now = time.monotonic()
+        if self._stage_since is not None:
+            key = self.stage.name.lower()
+            self.stage_seconds[key] = self.stage_seconds.get(key, 0.0) + now - self._stage_since
+        self.stage, self._stage_since = stage, now
 
     def _recorder(self, filename: str, what: str = "") -> Callable[[StepResult], None]:
         """A step callback: keep the step in `filename` (every search's, as they come), print

@@ -155,7 +155,11 @@ def test_the_replayed_record_has_the_same_keys_and_verdicts(replayed: tuple[Path
                                                              name: str) -> None:
     recorded, replay = replayed
     before, after = _json(recorded / name / "result.json"), _json(replay / name / "result.json")
-    assert set(after) == set(before)
+    # stage_seconds came after the recording: the stages' own clocks, every stage in order
+    assert set(after) == set(before) | {"stage_seconds"}
+    assert list(after["stage_seconds"]) == ["deploy", "capacity", "sustained", "survival",
+                                            "observe", "diagnose", "price"]
+    assert all(seconds >= 0 for seconds in after["stage_seconds"].values())
     # The figures the stages compute (the search's own figures, e.g. its % of the CPU bound,
     # are the search's business: it is replayed, not re-run).
     for key in ("capacity_rps", "p95_ms_at_capacity", "sustained_capacity_rps",

@@ -272,3 +272,23 @@ def test_an_unconfirmed_capacity_says_so_wherever_it_is_shown(tmp_path: Path) ->
     out = Console(record=True, width=250)
     print_summary_table(summary, [VariantSummary.from_dict(v) for v in summary["variants"]], out)
     assert out.export_text().count("unconfirmed") == 1
+
+
+def test_time_spent_by_stage_in_the_report() -> None:
+    """Where a run's time went: each variant's total and its stages (those of a second or more),
+    in the report's run context; nothing when the run recorded no stage times."""
+    from experiments.report.tables import run_context, stage_times
+
+    seconds = {"deploy": 9.4, "capacity": 62.0, "sustained": 35.2, "survival": 101.3,
+               "observe": 3.9, "diagnose": 0.2, "price": 0.0}
+    assert stage_times(seconds) == ("3:32 (deploy 0:09, capacity 1:02, sustained 0:35, "
+                                    "survival 1:41, signals + teardown 0:04)")
+    assert stage_times({}) == stage_times(None) == ""
+    summary = {"backend": "local", "cpu_scale": 0.33,
+               "variants": [{"name": "micro", "stage_seconds": seconds},
+                            {"name": "scale-up", "stage_seconds": {"capacity": 61.0}}]}
+    (line,) = [x for x in run_context(summary, {}) if x.startswith("Time spent")]
+    assert "micro 3:32 (deploy 0:09," in line and "; scale-up 1:01 (capacity 1:01)." in line
+    assert not [x for x in run_context({"variants": [{"name": "micro"}]}, {})
+                if x.startswith("Time spent")]
+

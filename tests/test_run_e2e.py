@@ -91,9 +91,11 @@ def test_a_quick_run_of_micro_from_deploy_to_report(tmp_path: Path) -> None:
     """At cpu_scale 0.66, not the demo's 0.33 (sized for scale-out's three micros): micro alone
     fits, and every dilated clock runs half as long (6.8 minutes at 0.33)."""
     out = tmp_path / "results"
+    started = time.monotonic()
     run = subprocess.run(scalelab("run", "--variants", "micro", "--profile", "quick",
                                   "--cpu-scale", "0.66", "--out", str(out)),
                          cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    wall_s = time.monotonic() - started
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert leftover_processes() == []
     run_dir = next(out.iterdir())
@@ -114,6 +116,11 @@ def test_a_quick_run_of_micro_from_deploy_to_report(tmp_path: Path) -> None:
     assert all(step["scheduled"] >= 99 for step in sustained), \
         [(step["offered_rps"], step["scheduled"]) for step in sustained]
     check_files(run_dir, ["micro"])
+    # Where the time went: the stages measured, inside the run's own wall time
+    took = micro["stage_seconds"]
+    assert {"deploy", "capacity", "sustained", "survival", "observe"} <= set(took), took
+    assert took["capacity"] > 10 and took["survival"] > 1, took
+    assert sum(took.values()) < wall_s, (took, wall_s)
 
 
 def test_interrupt_then_resume_two_variants(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from experiments.model import Failure, StepResult, SurvivalResult
+from experiments.report.tables import stage_times
 from experiments.results import VariantSummary
 
 console = Console()
@@ -79,7 +80,8 @@ class VariantProgress:
                  + (f" (sustained {sustained:.1f})" if sustained not in (None, entry.capacity_rps)
                     else "") + ", "
                  f"survival {'held' if survival.held else f'{survival.seconds:.0f} s'}, "
-                 f"failure {failure.kind}")
+                 f"failure {failure.kind}"
+                 + (f"; took {took}" if (took := stage_times(entry.stage_seconds)) else ""))
 
     def _label(self, detail: str = "") -> str:
         return f"{self.name}: {self.stage}" + (f", {detail}" if detail else "")

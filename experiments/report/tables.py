@@ -187,6 +187,25 @@ def fmt_interval(low: float | None, high: float | None) -> str:
     return "" if low is None or high is None else f"{low:,.1f}–{high:,.1f}"
 
 
+def fmt_minutes(seconds: float) -> str:
+    """E.g. 238.4 -> '3:58' (minutes:seconds)."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}:{rest:02d}"
+
+
+STAGE_WORDS = {"observe": "signals + teardown"}
+
+
+def stage_times(stage_seconds: dict[str, float] | None) -> str:
+    """A variant's time by stage, e.g. '3:58 (deploy 0:09, capacity 1:02, survival 1:41, …)';
+    stages under a second are left out; '' when none was recorded."""
+    if not stage_seconds:
+        return ""
+    parts = [f"{STAGE_WORDS.get(k, k)} {fmt_minutes(v)}" for k, v in stage_seconds.items()
+             if v >= 1]
+    return f"{fmt_minutes(sum(stage_seconds.values()))} ({', '.join(parts)})"
+
+
 def fmt_survival(row: dict[str, Any]) -> str:
     if row.get("survival_s") is None:
         return "—"
@@ -241,6 +260,11 @@ def run_context(summary: dict[str, Any], info: dict[str, Any]) -> list[str]:
         lines.append(f"Measurement profile: {profile}.")
     if any(isinstance(v, dict) and v.get("capacity_ci95") for v in summary.get("variants") or []):
         lines.append(INTERVAL_NOTE)
+    times = [f"{v['name']} {stage_times(v.get('stage_seconds'))}"
+             for v in summary.get("variants") or [] if isinstance(v, dict)
+             and stage_times(v.get("stage_seconds"))]
+    if times:
+        lines.append("Time spent (host wall clock, by stage): " + "; ".join(times) + ".")
     return lines
 
 
