@@ -356,3 +356,23 @@ def test_instances_wait_for_their_permissions_and_have_detailed_monitoring(
         assert len(needed) == 4  # two managed policies, the bundle read policy, the profile
         assert set(needed) <= set(inst.dependencies)
         assert inst.inputs["monitoring"] is True
+
+
+def test_the_event_loops_pulumi_leaves_open_are_closed_before_exit() -> None:
+    """Pulumi's sync_await opens an event loop in each thread that awaits and never closes it;
+    finalized at interpreter shutdown, one now and then printed a traceback under `plan`'s last
+    line. The atexit hook closes every one a run left (and only those: none is running)."""
+    import asyncio
+    import gc
+
+    from stacks.preview import _close_pulumis_event_loops
+
+    def open_loops() -> list[asyncio.AbstractEventLoop]:
+        return [o for o in gc.get_objects()
+                if isinstance(o, asyncio.AbstractEventLoop) and not o.is_closed()]
+
+    declared_resources(load_variant("scale-out"))
+    assert open_loops(), "Pulumi closes its loops now: the hook may go"
+    _close_pulumis_event_loops()
+    assert open_loops() == []
+    assert declared_resources(load_variant("micro"))  # later runs are unaffected
