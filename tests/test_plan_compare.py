@@ -80,6 +80,45 @@ def test_compare_bad_input(runs: tuple[Path, Path], tmp_path: Path,
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def _with_cpu(run: Path, name: str, demand_ms: float, share: float) -> None:
+    result = json.loads((run / name / "result.json").read_text())
+    result.update(demand_cpu_ms=demand_ms, capacity_pct_of_cpu_bound=share)
+    (run / name / "result.json").write_text(json.dumps(result))
+
+
+def test_compare_says_when_the_host_ran_at_another_speed(runs: tuple[Path, Path],
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    """Same app and settings, CPU per request moved > 10 %: the host's speed, said per variant
+    (with 'both at the CPU knee' when both were); within 10 % nothing is said."""
+    a, b = runs
+    _with_cpu(a, "micro", 5.9, 94.0)
+    _with_cpu(b, "micro", 7.5, 100.0)  # the host ran slower: every request cost 27 % more
+    _with_cpu(a, "scale-up", 7.0, 80.0)
+    _with_cpu(b, "scale-up", 6.0, 97.0)  # faster, one run short of its knee
+    _with_cpu(a, "scale-out", 6.0, 95.0)
+    _with_cpu(b, "scale-out", 6.3, 96.0)  # +5 %: the mix's own sampling
+    assert compare_command(a, b) == 0
+    md = next(b.glob("compare-*.md")).read_text()
+    notes = [line for line in md.splitlines() if line.startswith("> **Warning:**")]
+    assert notes == [
+        "> **Warning:** micro: a request cost +27 % CPU in the contender (5.9 → 7.5 ms) with "
+        "the same app: the host ran slower, and a CPU-bound box's capacity moves with that; "
+        "both runs ended at the box's CPU knee (94 and 100 % of the CPU bound), so their "
+        "capacity difference is the CPU per request, not the system.",
+        "> **Warning:** scale-up: a request cost -14 % CPU in the contender (7 → 6 ms) with "
+        "the same app: the host ran faster, and a CPU-bound box's capacity moves with that."]
+    row = next(line for line in md.splitlines() if line.startswith("| micro | CPU per request |"))
+    assert "5.90 ms" in row and "7.50 ms" in row and "worse" in row
+    assert "warning: micro: a request cost +27 % CPU" in capsys.readouterr().out
+    # Measured unalike (another cpu_scale), the settings are the named difference instead
+    info = json.loads((b / "run.json").read_text())
+    (b / "run.json").write_text(json.dumps({**info, "cpu_scale": 0.25}))
+    assert compare_command(a, b) == 0
+    md = next(b.glob("compare-*.md")).read_text()
+    assert "differ in cpu_scale" in md and "the host ran" not in md
+
+
 def _fixture_summary(run: Path) -> tuple[dict[str, dict], float]:
     summary = load_summary(run)
     return {v["name"]: v for v in summary["variants"]}, float(summary["cpu_scale"])

@@ -5,7 +5,9 @@ differences, printed and written as Markdown into the contender's folder so it t
 the run it judges. A capacity difference is also tested against the runs' own noise (Welch's
 t-test on each run's repeated searches, `run --repeat N`), and the comparison warns first when
 the two runs were not measured alike (SLO, profile, cpu_scale, backend, app): then a
-difference may be the setting's, not the system's.
+difference may be the setting's, not the system's. Measured alike, it also warns when the CPU
+one request cost moved between the runs: a CPU-bound box's capacity moves with the host's
+speed, so that part of a difference is the host's, not the system's.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Metric:
 METRICS = [
     Metric("capacity", "capacity_rps", "req/s", 1, True),
     Metric("p95 @ capacity", "p95_ms_at_capacity", "ms", 0, False),
+    Metric("CPU per request", "demand_cpu_ms", "ms", 2, False),
     Metric("survival", "survival_s", "s", 0, True),
     Metric("$/hour", "hourly_usd", "$", 4, False),
     Metric("$/M requests", "usd_per_million_requests", "$", 3, False),
@@ -142,11 +145,52 @@ def warnings(dir_a: Path, dir_b: Path, summary_a: dict[str, Any], info_a: dict[s
     out = []
     if dir_a.resolve() == dir_b.resolve():
         out.append(f"{dir_a} is compared with itself: every difference is 0.")
+    unlike = False
     for label, get in ALIKE:
         a, b = get(summary_a, info_a), get(summary_b, info_b)
         if a != b:
+            unlike = True
             out.append(f"the runs differ in {label} (baseline {_shown(a)}, contender "
                        f"{_shown(b)}): differences may come from that, not from the system.")
+    return out if unlike else out + host_speed_notes(summary_a, summary_b)
+
+
+HOST_SPEED_TOLERANCE = 0.10
+"""Two runs of the same app and settings whose CPU per request at capacity differs by more than
+this ran on a host of a different speed: the shop mix's own sampling moves a hold's demand by
+~5 % (a 4.5 s step at 45 req/s on micro: CV 4.8 %, fixed work on the host CV 6.1 %, measured),
+while this 2-vCPU VM's CPU per request moved 27 % between searches minutes apart (micro
+5.9 vs 7.4-7.7 ms, every search at 94-100 % of its CPU bound)."""
+KNEE_SHARE = 90.0
+"""At or above this share of its CPU bound a box ended at its CPU knee."""
+
+
+def host_speed_notes(summary_a: dict[str, Any], summary_b: dict[str, Any]) -> list[str]:
+    """Per variant in both runs: a sentence when the CPU one request cost moved by more than
+    `HOST_SPEED_TOLERANCE` (runs measured alike: same app, SLO, profile, cpu_scale, backend).
+
+    Why: a CPU-bound box serves about (CPU limit / CPU per request), so on a host whose speed
+    drifts the capacity drifts with it; when both runs ended at their CPU knee, the capacity
+    difference is the CPU each request cost, not the system."""
+    rows_b = {r["variant"]: r for r in variant_rows(summary_b)}
+    out = []
+    for a in variant_rows(summary_a):
+        b = rows_b.get(a["variant"])
+        if b is None or not a["demand_cpu_ms"] or not b["demand_cpu_ms"]:
+            continue
+        moved = b["demand_cpu_ms"] / a["demand_cpu_ms"] - 1
+        if abs(moved) <= HOST_SPEED_TOLERANCE:
+            continue
+        sentence = (f"{a['variant']}: a request cost {100 * moved:+.0f} % CPU in the contender "
+                    f"({a['demand_cpu_ms']:.2g} → {b['demand_cpu_ms']:.2g} ms) with the same "
+                    f"app: the host ran {'slower' if moved > 0 else 'faster'}, and a "
+                    "CPU-bound box's capacity moves with that")
+        shares = (a["capacity_pct_of_cpu_bound"], b["capacity_pct_of_cpu_bound"])
+        if all(s is not None and s >= KNEE_SHARE for s in shares):
+            sentence += (f"; both runs ended at the box's CPU knee ({shares[0]:.0f} and "
+                         f"{shares[1]:.0f} % of the CPU bound), so their capacity difference is "
+                         "the CPU per request, not the system")
+        out.append(sentence + ".")
     return out
 
 

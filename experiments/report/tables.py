@@ -62,6 +62,8 @@ def variant_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "capacity_ci95_high": v.capacity_ci95[1] if v.capacity_ci95 else None,
             "capacity_rsd": v.capacity_rsd,
             "capacity_confirmed": v.capacity_confirmed,
+            "demand_cpu_ms": v.demand_cpu_ms,
+            "capacity_pct_of_cpu_bound": v.capacity_pct_of_cpu_bound,
             "capacity_runs": " ".join(f"{r:g}" for r in v.capacity_runs) or None,
             "cpu_bound_sentence": bound_sentence(v.capacity_rps, v.capacity_pct_of_cpu_bound,
                                                  v.cpu_bound_rps, v.demand_cpu_ms),
