@@ -132,7 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "standard-mode burstable instance serves once its credits are gone)")
 
     compare = sub.add_parser("compare", help="baseline vs contender, per variant, with %% diff",
-                             description="Compare two runs variant by variant.")
+                             description="Compare two runs variant by variant: capacity "
+                             "(Welch's t-test when both ran --repeat), p95, CPU per request, "
+                             "survival and cost. Warns when the runs were not measured alike "
+                             "(SLO, profile, cpu_scale, backend, app), and when a variant's CPU "
+                             "per request moved more than 10 % between them (the host's speed: "
+                             "a CPU-bound capacity moves with it). Writes the table as Markdown "
+                             "into RUN_B.")
     compare.add_argument("run_a", type=Path, metavar="RUN_A", help="the baseline run folder")
     compare.add_argument("run_b", type=Path, metavar="RUN_B", help="the contender run folder")
 

@@ -8,6 +8,7 @@ exists (esrally's lesson: a race is a pipeline, and its first step only checks).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -84,6 +85,7 @@ class RunPlan:
                 "profile": self.profile.name,
                 "profile_settings": self.profile.to_dict(),
                 "locustfile": str(self.locustfile),
+                "locustfile_sha256": hashlib.sha256(self.locustfile.read_bytes()).hexdigest(),
                 "load_workers": self.load_workers,
                 "repeat": self.repeat,
                 "credits": self.credits,

@@ -111,6 +111,22 @@ def test_compare_says_when_the_host_ran_at_another_speed(runs: tuple[Path, Path]
     row = next(line for line in md.splitlines() if line.startswith("| micro | CPU per request |"))
     assert "5.90 ms" in row and "7.50 ms" in row and "worse" in row
     assert "warning: micro: a request cost +27 % CPU" in capsys.readouterr().out
+    # Two clones of the project: the same locustfile at another path is the same app
+    for run, clone in ((a, "/tmp/clone-a"), (b, "/tmp/clone-b")):
+        path = f"{clone}/shop/locustfile.py"
+        info = json.loads((run / "run.json").read_text())
+        info["config"].update(locustfile=path, locustfile_sha256="ab" * 32)
+        (run / "run.json").write_text(json.dumps(info))
+    assert compare_command(a, b) == 0
+    md = next(b.glob("compare-*.md")).read_text()
+    assert "differ in app" not in md and "micro: a request cost +27 % CPU" in md
+    info = json.loads((b / "run.json").read_text())
+    info["config"]["locustfile_sha256"] = "cd" * 32  # another load
+    (b / "run.json").write_text(json.dumps(info))
+    assert compare_command(a, b) == 0
+    md = next(b.glob("compare-*.md")).read_text()
+    assert ("differ in app (baseline the shop with locustfile sha256 abababababab, contender "
+            "the shop with locustfile sha256 cdcdcdcdcdcd)") in md and "the host ran" not in md
     # Measured unalike (another cpu_scale), the settings are the named difference instead
     info = json.loads((b / "run.json").read_text())
     (b / "run.json").write_text(json.dumps({**info, "cpu_scale": 0.25}))

@@ -9,6 +9,7 @@ that the finished summary keeps the design's contract.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -102,6 +103,10 @@ def test_a_quick_run_of_micro_from_deploy_to_report(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     check_contract(summary)
     assert summary["cpu_scale"] == 0.66
+    # The load's identity, so that `compare` sees two clones' runs as the same app
+    config = json.loads((run_dir / "run.json").read_text())["config"]
+    assert config["locustfile_sha256"] == hashlib.sha256(
+        Path(config["locustfile"]).read_bytes()).hexdigest()
     (micro,) = summary["variants"]
     assert micro["capacity_rps"] > 0
     micro_failure = micro["failure"]

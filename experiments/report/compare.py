@@ -120,9 +120,16 @@ ALIKE = [
     ("profile", lambda s, i: _config(i).get("profile")),
     ("cpu_scale", lambda s, i: s.get("cpu_scale")),
     ("backend", lambda s, i: s.get("backend")),
-    ("app", lambda s, i: (_config(i).get("app_overrides") or {}, _config(i).get("locustfile"))),
+    ("app", lambda s, i: (_config(i).get("app_overrides") or {}, _locustfile(_config(i)))),
 ]
 """What must match for a difference to be the system's: (label, getter(summary, run.json))."""
+
+
+def _locustfile(config: dict[str, Any]) -> str | None:
+    """The load's identity: its content's sha256 — two clones of the project run the same
+    locustfile from different paths — or, for runs that did not record it, its path."""
+    digest = config.get("locustfile_sha256")
+    return f"sha256 {digest[:12]}" if isinstance(digest, str) else config.get("locustfile")
 
 
 def _config(info: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +142,7 @@ def _shown(value: Any) -> str:
         return f"p95 ≤ {value['p95_ms']:g} ms"
     if isinstance(value, tuple):
         overrides, locustfile = value
-        return f"{overrides.get('wsgi', 'the shop')} with {locustfile}"
+        return f"{overrides.get('wsgi', 'the shop')} with locustfile {locustfile}"
     return "unset" if value is None else str(value)
 
 
