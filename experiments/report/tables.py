@@ -262,9 +262,8 @@ def run_context(summary: dict[str, Any], info: dict[str, Any]) -> list[str]:
         lines.append(f"Measurement profile: {profile}.")
     if any(isinstance(v, dict) and v.get("capacity_ci95") for v in summary.get("variants") or []):
         lines.append(INTERVAL_NOTE)
-    times = [f"{v['name']} {stage_times(v.get('stage_seconds'))}"
-             for v in summary.get("variants") or [] if isinstance(v, dict)
-             and stage_times(v.get("stage_seconds"))]
+    times = [f"{v['name']} {took}" for v in summary.get("variants") or []
+             if isinstance(v, dict) and (took := stage_times(v.get("stage_seconds")))]
     if times:
         lines.append("Time spent (host wall clock, by stage): " + "; ".join(times) + ".")
     return lines
