@@ -16,7 +16,13 @@ Deploys one shop variant (local backend, real cgroups, the run's cpu_scale) and 
    `--host-probe S` the CPU time a fixed piece of work takes alone and beside a busy second
    CPU (on this 2-vCPU host it varied 20-36 ms for the same work: see the report of issue 10);
    with `--probe-steps` the same work timed on each CPU *during* every step, set next to the
-   step's demand (correlation, and the demand's CV with the host's speed divided out).
+   step's demand (correlation, and the demand's CV with the host's speed divided out);
+4. the floor any capacity search has on this host: an *ideal* search that reads capacity as
+   the CPU limit / the mean demand of `--window-steps` consecutive steps (about one quick
+   search's time), run three times that many steps apart — how often would its three figures
+   have an RSD <= 5 %, and two of them lie within 10 % (issue 10's targets)? With `--route
+   PATH` every request is that one GET (a fixed piece of work: no mix), so what moves is the
+   host and the server, not which requests a step drew.
 
 The mix's expected mean and the spread a step of n requests *should* have if requests were
 drawn independently from the mix (sqrt(var / n)) are printed next to the measured spread, so
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -147,6 +154,39 @@ def hey_cost(url: str, n: int, cpu: callable, idle_cores: float, method: str = "
     return 1000 * used / n, n / took
 
 
+ROUTE_LOCUSTFILE = """\
+from locust import FastHttpUser, task
+
+
+class OneRoute(FastHttpUser):
+    @task
+    def get(self) -> None:
+        self.client.get({path!r}, name={path!r})
+"""
+
+
+def ideal_search_floor(demands_ms: list[float], cpu_limit_cores: float, window: int
+                       ) -> dict[str, float] | None:
+    """What an ideal search would read from these consecutive steps' demands: capacity =
+    limit / the mean demand of `window` steps. Over every three windows at least `window`
+    steps apart: the median RSD and the share <= 5 %; over every two: the share within 10 %.
+    None when fewer than three windows fit."""
+    caps = [cpu_limit_cores * 1000 / statistics.mean(demands_ms[i:i + window])
+            for i in range(len(demands_ms) - window + 1)]
+    triples = [[caps[a], caps[b], caps[c]] for a, b, c in itertools.combinations(
+        range(len(caps)), 3) if b - a >= window and c - b >= window]
+    pairs = [(caps[a], caps[b]) for a, b in itertools.combinations(range(len(caps)), 2)
+             if b - a >= window]
+    if not triples:
+        return None
+    rsds = sorted(statistics.stdev(t) / statistics.mean(t) for t in triples)
+    return {"capacity_min": min(caps), "capacity_max": max(caps),
+            "rsd_median": rsds[len(rsds) // 2],
+            "rsd_share_within_5pct": sum(r <= 0.05 for r in rsds) / len(rsds),
+            "pair_share_within_10pct": sum(abs(a - b) / min(a, b) <= 0.10 for a, b in pairs)
+            / len(pairs)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="micro")
@@ -156,6 +196,12 @@ def main() -> int:
     parser.add_argument("--hold", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--skip-routes", action="store_true")
+    parser.add_argument("--route", metavar="PATH",
+                        help="load one fixed GET (e.g. /products/4242/) instead of the shop's "
+                             "mix: the drift of a constant piece of work")
+    parser.add_argument("--window-steps", type=int, default=8,
+                        help="steps one ideal search spans in the floor estimate (8 steps of "
+                             "a 4.5 s hold ~ one quick search's minute)")
     parser.add_argument("--probe-steps", action="store_true",
                         help="time a fixed piece of work on each CPU during every step and set "
                              "the host's speed next to the step's demand")
@@ -240,7 +286,12 @@ def main() -> int:
                               ("deep", "category", "shallow", "product", "search", "cart",
                                "order"), parts, strict=True)), flush=True)
                 out["mix_expected_ms"], out["mix_sd_ms"] = mean, sd
+            if args.route:
+                locustfile = Path(state) / "one_route.py"
+                locustfile.write_text(ROUTE_LOCUSTFILE.format(path=args.route))
+                out["route"] = args.route
             settings = LoadSettings(locustfile, env={"SHOP_ALL_WEIGHT": "0"})
+            load_name = f"route {args.route}" if args.route else "mix"
             steps_out = []
             served = 0
             probe = StepProbe() if args.probe_steps else contextlib.nullcontext()
@@ -265,7 +316,7 @@ def main() -> int:
                                           "demand_ms": d, "p95_ms": step.p95_ms,
                                           "served_before": served, "host_busy": busy,
                                           "steal": steal, "probe_ms": speed})
-                        print(f"  mix {rate:g} req/s #{i + 1}: {step.requests} requests, "
+                        print(f"  {load_name} {rate:g} req/s #{i + 1}: {step.requests} requests, "
                               f"demand {d or 0:.2f} ms, p95 {step.p95_ms:.0f} ms, host busy "
                               f"{busy:.0%} steal {steal:.1%}"
                               + (f", fixed work {speed:.1f} ms" if speed else ""), flush=True)
@@ -280,17 +331,29 @@ def main() -> int:
                                         / n_mean ** 0.5)
                             expected = (f"; independent draws of {n_mean:.0f} requests would "
                                         f"give CV {cv_draws:.1%}")
-                        print(f"  mix {rate:g} req/s: demand mean {statistics.mean(demands):.2f} "
-                              f"ms, CV {cv:.1%}{expected}", flush=True)
+                        print(f"  {load_name} {rate:g} req/s: demand mean "
+                              f"{statistics.mean(demands):.2f} ms, CV {cv:.1%}{expected}",
+                              flush=True)
                     if len(speeds) == len(demands) > 2:
                         per_work = [d / w for d, w in zip(demands, speeds, strict=True)]
                         cv_per_work = statistics.stdev(per_work) / statistics.mean(per_work)
-                        print(f"  mix {rate:g} req/s: fixed work CV "
+                        print(f"  {load_name} {rate:g} req/s: fixed work CV "
                               f"{statistics.stdev(speeds) / statistics.mean(speeds):.1%}, "
                               f"correlation with the demand "
                               f"{statistics.correlation(demands, speeds):+.2f}; demand / fixed "
                               f"work CV {cv_per_work:.1%}"
                               " (the demand with the host's speed divided out)", flush=True)
+                    floor = ideal_search_floor(demands, dep.cpu_limit_cores(), args.window_steps)
+                    if floor is not None:
+                        out.setdefault("ideal_search_floor", {})[str(rate)] = floor  # type: ignore[union-attr]
+                        print(f"  {load_name} {rate:g} req/s: an ideal search (limit / mean "
+                              f"demand of {args.window_steps} steps) reads "
+                              f"{floor['capacity_min']:.1f}-"
+                              f"{floor['capacity_max']:.1f} req/s here; three of them: median "
+                              f"RSD {floor['rsd_median']:.1%}, RSD <= 5 % in "
+                              f"{floor['rsd_share_within_5pct']:.0%} of triples; two within "
+                              f"10 % in {floor['pair_share_within_10pct']:.0%} of pairs",
+                              flush=True)
             out["steps"] = steps_out
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
