@@ -2,6 +2,7 @@
 
     flock /tmp/scalelab-cpu.lock .venv/bin/python benchmarks/bench_shop_noise.py
         [--variant micro] [--routes-n 60] [--steps 6] [--rates 8,30] [--hold 4] [--probe-steps]
+        [--route PATH] [--window-steps 8]
 
 Deploys one shop variant (local backend, real cgroups, the run's cpu_scale) and measures on it:
 
@@ -210,6 +211,8 @@ def main() -> int:
                         help="first time a fixed piece of work S s alone and S s beside a "
                              "busy CPU 1 (needs 2 CPUs), and print both")
     args = parser.parse_args()
+    if args.window_steps < 1:
+        parser.error(f"--window-steps must be a whole number >= 1, got {args.window_steps}")
     out: dict[str, object] = {}
     if args.host_probe > 0:
         out["host_speed"] = speed = host_speed(args.host_probe)
