@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.backends.local import LocalBackend  # noqa: E402
 from experiments.load.driver import LoadSession, LoadSettings  # noqa: E402
+from experiments.stats import spread  # noqa: E402
 from stacks.variant import load_variant, load_variants  # noqa: E402
 
 
@@ -180,7 +181,7 @@ def ideal_search_floor(demands_ms: list[float], cpu_limit_cores: float, window: 
              if b - a >= window]
     if not triples:
         return None
-    rsds = sorted(statistics.stdev(t) / statistics.mean(t) for t in triples)
+    rsds = sorted(spread(t).rsd or 0.0 for t in triples)  # the run's own RSD (summary.json)
     return {"capacity_min": min(caps), "capacity_max": max(caps),
             "rsd_median": rsds[len(rsds) // 2],
             "rsd_share_within_5pct": sum(r <= 0.05 for r in rsds) / len(rsds),
