@@ -25,6 +25,7 @@ from experiments.load.pacing import (
 )
 from experiments.load.survival import Second, SurvivalRule
 from experiments.model import Slo, StepResult, step_at_capacity
+from experiments.profiles import get_profile
 
 SLO = Slo(p95_ms=500.0, max_error_rate=0.01, min_achieved_ratio=0.95)
 
@@ -800,3 +801,65 @@ def test_failed_confirmations_step_down_further_each_time() -> None:
     # then one refinement hold between 0.855 and 0.95 (10 % apart), which the box fails
     assert server.confirmed[3] == pytest.approx((0.855 * 0.95) ** 0.5 * found, rel=0.01)
     assert result.confirmed is True and result.capacity_rps == server.confirmed[2]
+
+
+def test_the_first_step_is_raised_to_hold_a_whole_deck() -> None:
+    from experiments.load.search import FIRST_STEP_MAX_RAISE, first_step_rps
+
+    quick = get_profile("quick").dilated(3.03)  # 7.92 req/s for 4.5 s: 36 of the shop's 100
+    rate = first_step_rps(quick.start_rps, quick.hold_s, 100)
+    assert rate * quick.hold_s == pytest.approx(100)  # one deck, dealt whole
+    assert whole_decks_hold_s(quick.hold_s, rate, 100) == pytest.approx(quick.hold_s)
+    assert first_step_rps(quick.start_rps, quick.hold_s, 0) == quick.start_rps  # one task
+    standard = get_profile("standard").dilated(3.03)  # 105 arrivals: a deck already
+    assert first_step_rps(standard.start_rps, standard.hold_s, 100) == standard.start_rps
+    # a huge deck is not chased with a rate that would overrun a small box
+    assert first_step_rps(quick.start_rps, quick.hold_s, 1000) == pytest.approx(
+        FIRST_STEP_MAX_RAISE * quick.start_rps)
+
+
+class DeckServer:
+    """The load generator in front of a CPU-only micro (0.33 cores) serving a shop-like deck:
+    3 searches of 50 ms CPU and 97 pages of 3.5 ms in every 100 arrivals. A step's CPU is that
+    of the cards its hold dealt, so a hold of part of a deck measures a sample of the mix."""
+
+    deck_arrivals = 100
+    cores = 0.33
+
+    def __init__(self, seed: int) -> None:
+        self.deck = Deck([0.050] * 3 + [0.0035] * 97, random.Random(seed))
+        self.offered: list[float] = []
+
+    def cpu_limit_cores(self) -> float:
+        return self.cores
+
+    def cpu_seconds(self) -> float | None:
+        return None
+
+    def step(self, rps: float, warmup_s: float, hold_s: float,
+             cpu_seconds: object = None) -> StepResult:
+        self.offered.append(rps)
+        hold_s = whole_decks_hold_s(hold_s, rps, self.deck_arrivals)
+        self.deck.fresh()  # the child deals each hold from a fresh deck
+        requests = round(rps * hold_s)
+        cpu = sum(self.deck.deal() for _ in range(requests))
+        ok = cpu <= 0.95 * self.cores * hold_s
+        return replace(step(rps, p95=100.0 if ok else 2000.0), requests=requests,
+                       duration_s=hold_s, server_cpu_s=cpu)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_search_aims_with_the_demand_of_the_whole_mix(
+        seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quick's first step dealt 36 of the shop's 100 cards, so its demand (and the aim at 90 %
+    of the bound it gives) was a draw of 0-3 searches; raised to a whole deck it is the mix's."""
+    from experiments.load import search
+
+    monkeypatch.setattr(search.time, "sleep", lambda s: None)
+    monkeypatch.setattr(search, "wait_until_drained", lambda dep, limit: 0.0)
+    box = DeckServer(seed)
+    quick = replace(get_profile("quick").dilated(3.03), confirm_hold_s=0.0)
+    search.search_capacity(box, box, quick, Slo(p95_ms=1515))  # type: ignore[arg-type]
+    mix_demand = (3 * 0.050 + 97 * 0.0035) / 100
+    assert box.offered[0] * quick.hold_s == pytest.approx(100, rel=0.01)
+    assert box.offered[1] == pytest.approx(0.9 * box.cores / mix_demand, rel=0.01)
