@@ -3,6 +3,7 @@
     sudo .venv/bin/python benchmarks/bench_capacity_profiles.py
         [--variants micro,micro-swap,scale-up,scale-out] [--quick-repeats 3]
         [--profiles quick,standard] [--hey-seconds 12 [--hey-path /products/]]
+        [--steps-json steps.json]
 
 Deploys each shop variant once (local backend, real cgroups, the run's cpu_scale and dilated
 SLO) and runs on that deployment the capacity search exactly as a run does
@@ -19,6 +20,10 @@ the hey figure after it (the host's swings divided out: what is left is scalelab
 the RSD of each search's figure as a share of the CPU bound measured in its own hold (the same,
 by the box's own CPU).
 
+With `--steps-json FILE`, every step of every search (its StepResult, with the variant, profile,
+search number and CPU limit) is written to FILE as a JSON list, for questions the printed
+trail cannot answer (e.g. how close to the SLO the short step a confirmation hold refuted was).
+
 Prints each figure and the targets of issue 10: the quick searches' relative standard
 deviation <= 5 % per variant; the quick median and the standard figure within 10 %. Asserts
 nothing: the figures are the point. Run it under the CPU lock on a quiet box.
@@ -27,6 +32,7 @@ nothing: the figures are the point. Run it under the CPU lock on a quiet box.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -53,6 +59,8 @@ def main() -> int:
     parser.add_argument("--hey-seconds", type=int, default=0,
                         help="after each quick search, hey closed loop for this long (0: none)")
     parser.add_argument("--hey-path", default="/products/")
+    parser.add_argument("--steps-json", type=Path, default=None,
+                        help="write every step of every search to this JSON file")
     args = parser.parse_args()
     from benchmarks.bench_capacity_truth import hey_saturation
     profiles = args.profiles.split(",")
@@ -61,6 +69,7 @@ def main() -> int:
     of_bound: dict[str, list[float]] = {}
     """Each quick search's figure as a % of the CPU bound measured in its own hold."""
     hey_rows: dict[str, list[float]] = {}
+    step_records: list[dict[str, object]] = []
     for name in args.variants.split(","):
         variant = load_variant(name)
         locustfile = variant.app.directory / variant.app.locustfile
@@ -84,6 +93,12 @@ def main() -> int:
                         result = search_capacity(load, deployment, profile, slo)
                     took = time.monotonic() - began
                     trail = search_trail(result.steps)
+                    step_records += [{"variant": name, "profile": profile_name, "search": i + 1,
+                                      "cpu_limit_cores": deployment.cpu_limit_cores(),
+                                      "capacity_rps": result.capacity_rps, **s.to_dict()}
+                                     for s in result.steps]
+                    if args.steps_json is not None:  # rewritten after each search: Ctrl-C keeps it
+                        args.steps_json.write_text(json.dumps(step_records, indent=1))
                     # per step: CPU ms per request and the host's busy share (other processes)
                     detail = " ".join(
                         f"{s.offered_rps:g}:{1000 * s.server_cpu_s / s.requests:.1f}ms/"
