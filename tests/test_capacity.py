@@ -12,7 +12,6 @@ from experiments.load.capacity import (
     LIFT_AIM,
     LIFT_BELOW,
     MIN_RPS,
-    REAIM,
     _next_confirmation,
     find_capacity,
     service_demand_s,
@@ -567,60 +566,6 @@ def test_a_failed_aim_steps_back_just_under_it() -> None:
     assert server.offered[2] == pytest.approx(0.85 * aim, rel=0.01)
     assert len(server.offered) <= 5
     assert (server.limit - result.capacity_rps) / server.limit <= 0.05
-
-
-class ColdFirstStep(CpuServer):
-    """The shop's micro as measured: ~30 % more CPU per request at a low first step (cold
-    caches, idle housekeeping) than under load; short steps pass up to 98 % of the bound."""
-
-    def __call__(self, rate: float) -> StepResult:
-        result = super().__call__(rate)
-        cold = 1.3 if len(self.offered) == 1 else 1.0
-        return replace(result, server_cpu_s=cold * self.demand * result.requests)
-
-
-@pytest.mark.parametrize("demand", [0.0058, 0.0066, 0.0081])
-def test_after_a_passing_aim_the_search_reaims_at_the_bound_the_highest_pass_measured(
-        demand: float) -> None:
-    """The aim from the cold first step passes at ~70 % of the bound; the next step aims at
-    `REAIM` of the bound that pass measured warm, and one precision step above it closes
-    the bracket: four short steps. Growing x1.2 from the aim instead overshot and came back
-    in two bisections: six (the shop's median, 72 quick searches)."""
-    box = ColdFirstStep(demand=demand, cores=0.33, efficiency=0.98)
-    result = find_capacity(box, SLO, start_rps=21.8, cpu_limit_cores=0.33)
-    bound = 0.33 / demand
-    assert box.offered[2] == pytest.approx(REAIM * bound, rel=0.01)
-    assert len(box.offered) == 4
-    assert (box.limit - result.capacity_rps) / box.limit <= 0.05
-    assert result.capacity_rps < box.limit < result.bracket[1]
-
-
-def test_a_short_step_that_ran_the_cpu_full_is_confirmed_one_step_below() -> None:
-    """Short steps pass up to 103 % of the bound (the box serves all it can, 97 % of the
-    offered rate, and a 4.5 s hold ends before the queue breaks the SLO); 12 s holds fail
-    from 99 %. The first confirmation hold starts one precision below the highest pass, so
-    one hold confirms where a hold at that pass failed and walked down two more."""
-    class FullShortSteps(CpuServer):
-        def __call__(self, rate: float) -> StepResult:
-            self.offered.append(rate)
-            served = min(rate, 0.33 / self.demand)
-            result = step(rate, achieved=served,
-                          p95=100.0 if rate < 1.03 * 0.33 / self.demand else 900.0)
-            return replace(result, server_cpu_s=self.demand * result.requests)
-
-    box = FullShortSteps(demand=0.0066, cores=0.33, confirm_limit=0.99 * 0.33 / 0.0066)
-    result = find_capacity(box, SLO, start_rps=21.8, cpu_limit_cores=0.33, confirm=box.confirm)
-    top = max(s.offered_rps for s in result.steps if s.passed and s.phase == "search")
-    assert top * 0.0066 / 0.33 >= 1.0  # the short step was offered its whole bound
-    assert box.confirmed == [pytest.approx(top / 1.05, rel=0.01)]
-    assert result.confirmed is True and result.capacity_rps == box.confirmed[0]
-    assert "offered all of its CPU bound" in result.verdict
-    # a short step with CPU to spare is confirmed at its own rate, as before
-    spare = CpuServer(demand=0.0066, cores=0.33, efficiency=0.97)
-    kept = find_capacity(spare, SLO, start_rps=21.8, cpu_limit_cores=0.33,
-                         confirm=spare.confirm)
-    assert spare.confirmed[0] == max(s.offered_rps for s in kept.steps
-                                     if s.passed and s.phase == "search")
 
 
 def test_the_cpu_bound_is_measured_in_the_hold_capacity_names() -> None:

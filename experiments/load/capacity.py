@@ -7,9 +7,8 @@ The search (what the report calls "capacity"):
    utilization law bounds the throughput: X <= C / D (the *CPU bound*). Once D is known the
    search aims there instead of growing blindly: next it offers `AIM` (90 %) of the bound.
    If that passes, the bound was pessimistic (a demand measured at low load carries idle
-   housekeeping and cold caches): each next step re-aims at `REAIM` (97 %) of the bound
-   refreshed from the highest passing step — warm and near the knee, the best estimate yet —
-   at least one `precision` step up and at most x`growth`, until a step fails.
+   housekeeping and cold caches): the search grows by x`BRACKET` (1.2), or straight to 90 %
+   of the bound refreshed from the last passing step if that is further, until a step fails.
    Without a CPU signal (AWS) it is plain growth (x`growth`) throughout.
 2. Bisect geometrically between the highest passing and the lowest failing rate until
    (fail - pass) / pass <= `precision` (5 %): from a x1.2 bracket that is two steps. After a
@@ -24,9 +23,7 @@ The search (what the report calls "capacity"):
 3. If the very first step fails, walk down (x`walk_down`, by default halving) until a step
    passes or the rate falls below `MIN_RPS`, then bisect as above; if nothing passes,
    capacity is 0.
-4. Confirm: hold the found rate longer than a search step (`confirm`) — one `precision` below
-   it when its short step was offered its whole CPU bound (`FULL`), a pass the short hold
-   allowed and a long one rarely does (`_confirmation_start`). If that fails, step
+4. Confirm: hold the found rate longer than a search step (`confirm`). If that fails, step
    down by `precision` (the search's own resolution), then by twice that — or, when the box
    could not keep up and that is lower, to the middle between what the failed hold served and
    what it was offered, and for the last hold to 95 % of what it served — and confirm again
@@ -51,7 +48,6 @@ CPU; far below, of something else (workers, memory, a lock, the database)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -62,12 +58,10 @@ MIN_RPS = 0.5
 """Below this an open-model step holds too few arrivals to say anything."""
 AIM = 0.9
 """First guided probe, as a fraction of the CPU bound: queues grow without limit at 100 %."""
-REAIM = 0.97
-"""After a passing aim each step aims here, as a share of the bound the highest pass measured.
-The shop's short steps passed at up to 96-98 % of their own step's bound 26 times in 28 and at
-102-104 % 10 in 23 (six benches, 72 quick searches), so a step here usually passes and the
-next, one `precision` up, closes the bracket. Growing x1.2 instead overshot to 110-125 % and
-spent two bisections coming back: six short steps per search, three of them failures."""
+BRACKET = 1.2
+"""After a passing aim the search grows by x1.2 until a step fails: two geometric bisections
+then reach the 5 % precision (1.2 ** (1/4) = 1.047). On the shop a bound that proved
+pessimistic was 2-60 % low; the old x1.15 creep took four steps to cross 1.6x."""
 STEP_BACK = 0.85
 """After a failed aim at the CPU bound the next probes are 85 % of the lowest failed rate,
 until the bracket is narrow enough to bisect."""
@@ -86,11 +80,6 @@ CPU-bound boxes held their long holds at 90-100 % of it (standard searches, two 
 median 96.5 %). At `AIM` (90 %) a hold that used 86-90 % would be lifted by under the
 search's precision, i.e. not at all; if the higher hold fails the two bracket the knee and
 one hold between them decides."""
-FULL = 1.0
-"""A short step offered at least its own CPU bound (rate x its demand / limit) passed only
-because its hold was short: the box served all it could and the queue grew. Confirmation
-holds at such a step's rate passed 11 times in 25 on the shop, below it 36 in 46; the first
-confirmation starts one `precision` below it (`_confirmation_start`)."""
 MAX_CONFIRMATIONS = 3
 SERVED_MARGIN = 0.95
 """The last confirmation hold after one the box could not keep up with offers at most 95 % of
@@ -227,20 +216,6 @@ def _next_confirmation(failed: StepResult, rate: float, step_down: float, last: 
     return _round_rate(next_rate)
 
 
-def _confirmation_start(top: StepResult, cpu_limit_cores: float | None,
-                        precision: float) -> float:
-    """The first confirmation hold's rate: the highest passing short step's, or one
-    `precision` below it when that step was offered `FULL` of its own CPU bound or more.
-
-    Why: a failed confirmation costs a walk of two or three more holds (a quick search took
-    97 s against 57 s when its first hold passed), and a step that ran the CPU full predicts
-    that failure (see `FULL`); one precision lower is the next rate the search resolves."""
-    demand = service_demand_s(top)
-    if demand is None or not cpu_limit_cores or top.offered_rps * demand / cpu_limit_cores < FULL:
-        return top.offered_rps
-    return _round_rate(top.offered_rps / (1 + precision))
-
-
 def _refinement(passed_rps: float, refuted_rps: float, precision: float) -> float | None:
     """After the walk passed a hold at `passed_rps` just below one that failed at
     `refuted_rps`: the rate of one more hold at their geometric middle, or None when the walk
@@ -326,15 +301,6 @@ def _round_rate(rate: float) -> float:
     return float(f"{rate:.3g}") if rate >= 1 else round(rate, 2)
 
 
-def _step_up(rate: float, precision: float) -> float:
-    """The highest round rate at most one `precision` above `rate`: if it fails, the bracket
-    is closed (rounding up, 41.4 x 1.05 -> 43.5, would leave 5.1 % and cost a bisection)."""
-    up = _round_rate(rate * (1 + precision))
-    while up > rate * (1 + precision) * (1 + 1e-9) and up > rate:
-        up = _round_rate(up - (10 ** (math.floor(math.log10(up)) - 2) if up >= 1 else 0.01))
-    return up
-
-
 def find_capacity(
     measure: Callable[[float], StepResult],
     slo: Slo,
@@ -392,8 +358,8 @@ def find_capacity(
         return cpu_limit_cores / demand if cpu_limit_cores and demand else None
 
     def next_rate(rate: float, aimed: bool) -> float:
-        """Guided growth: 90 % of the bound first; once it passed, `REAIM` of the bound the
-        highest pass measured (at least one `precision` step up, at most x`growth`)."""
+        """Guided growth: 90 % of the bound first; once it passed, steps of x`BRACKET` (or to
+        90 % of the refreshed bound, if that is further, but never beyond x`growth`)."""
         upper = bound()
         if upper is None:
             return _round_rate(rate * growth)
@@ -401,9 +367,8 @@ def find_capacity(
         if not aimed and aim >= rate * (1 + 2 * precision):
             return _round_rate(aim)
         # The aim passed: the demand measured at low load overstated the real one (idle
-        # housekeeping, cold caches). The highest pass measured it warm, near the knee.
-        return min(_round_rate(rate * growth),
-                   max(_step_up(rate, precision), _round_rate(REAIM * upper)))
+        # housekeeping, cold caches). Find the failing side in big steps, then bisect.
+        return _round_rate(min(rate * growth, max(rate * BRACKET, aim)))
 
     aimed = False  # a step aimed at the CPU bound was run
 
@@ -528,18 +493,15 @@ def find_capacity(
                         f"{'passed' if check.passed else 'failed'} at {middle:g} rps")
             return check if check.passed else passed
 
-        start = rate = refuted = _confirmation_start(best, cpu_limit_cores, precision)
-        if start < capacity:
-            verdict += (f"; the step at {capacity:g} rps was offered all of its CPU bound, so "
-                        f"the confirmation starts one step below it")
-        for attempt in range(MAX_CONFIRMATIONS):  # refuted: the lowest failed hold
+        rate = refuted = capacity  # refuted: the lowest failed hold, once one failed
+        for attempt in range(MAX_CONFIRMATIONS):
             step = confirm_judged(rate)
             if step.generator_saturated:
                 break
             if step.passed:
                 confirmed = True
-                if attempt > 0:
-                    verdict += (f"; the confirmation hold failed at {start:g} rps and "
+                if rate < capacity:
+                    verdict += (f"; the confirmation hold failed at {capacity:g} rps and "
                                 f"passed at {rate:g} rps")
                     step = refine(step, refuted)
                 else:
