@@ -93,10 +93,10 @@ def main() -> int:
                         result = search_capacity(load, deployment, profile, slo)
                     took = time.monotonic() - began
                     trail = search_trail(result.steps)
-                    step_records += [{"variant": name, "profile": profile_name, "search": i + 1,
-                                      "cpu_limit_cores": deployment.cpu_limit_cores(),
-                                      "capacity_rps": result.capacity_rps, **s.to_dict()}
-                                     for s in result.steps]
+                    about = {"variant": name, "profile": profile_name, "search": i + 1,
+                             "cpu_limit_cores": deployment.cpu_limit_cores(),
+                             "capacity_rps": result.capacity_rps}
+                    step_records += [{**about, **s.to_dict()} for s in result.steps]
                     if args.steps_json is not None:  # rewritten after each search: Ctrl-C keeps it
                         args.steps_json.write_text(json.dumps(step_records, indent=1))
                     # per step: CPU ms per request and the host's busy share (other processes)
