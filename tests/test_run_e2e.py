@@ -32,7 +32,7 @@ def scalelab(*args: str) -> list[str]:
 
 
 def check_contract(summary: dict[str, Any]) -> None:
-    """The keys DESIGN.md promises in summary.json, with their types."""
+    """The keys docs/results.md promises in summary.json, with their types."""
     assert isinstance(summary["run_id"], str) and summary["backend"] == "local"
     assert 0 < summary["cpu_scale"] <= 2
     assert summary["slo"]["p95_ms"] == 500 and summary["slo"]["max_error_rate"] == 0.01
