@@ -1,8 +1,9 @@
-"""The experiment runner: plan, then every variant through the same stages, then the report.
+"""The experiment runner: plan, then every variant through the same stages together, then the
+report.
 
-    plan (runplan.py) → for each variant, smallest first (variant_run.py): deploy → wait
-    healthy → capacity → sustained capacity → survival → observe → teardown → diagnose →
-    price → store → the report (report/) → the thresholds (thresholds.py).
+    plan (runplan.py) → every variant, smallest first, together (sweep.py, variant_run.py):
+    deploy → wait healthy → capacity → sustained capacity → survival → observe → teardown →
+    diagnose → price → store → the report (report/) → the thresholds (thresholds.py).
 
 A Ctrl-C or an error keeps every finished variant: the run is marked incomplete, its report is
 still written, and `--resume RUN_ID` measures only what is missing. One broken variant does
@@ -15,13 +16,12 @@ import argparse
 import time
 
 from experiments.backends.base import Backend
-from experiments.errors import UserError
 from experiments.load.survival import smallest_first
 from experiments.report.console import build_report_or_say_how, print_summary_table
 from experiments.report.progress import console, run_progress
 from experiments.results import RunStore
 from experiments.runplan import RunPlan, make_run_backend, plan_run
-from experiments.variant_run import VariantRun
+from experiments.sweep import Sweep
 from stacks.variant import Variant
 
 
@@ -52,24 +52,14 @@ def run_command(args: argparse.Namespace) -> int:
 
 def measure_all(todo: list[Variant], plan: RunPlan, store: RunStore, backend: Backend
                 ) -> list[str]:
-    """Measure each variant in turn; the names of those that failed. The report is written
-    (and the run marked complete or incomplete) whatever happens, Ctrl-C included."""
+    """Measure the variants together (sweep.py); the names of those that failed. The report
+    is written (and the run marked complete or incomplete) whatever happens, Ctrl-C
+    included."""
     store.update_info(status="running")
     failed: list[str] = []
     try:
         with run_progress() as progress:
-            overall = progress.add_task("variants", total=len(plan.variants),
-                                        completed=len(plan.variants) - len(todo))
-            for variant in todo:
-                run = VariantRun(variant, plan, store, progress)
-                try:
-                    run.measure(backend)
-                except (KeyboardInterrupt, UserError):
-                    raise
-                except Exception as exc:  # one broken variant must not lose the others
-                    failed.append(variant.name)
-                    run.save_error(exc)
-                progress.advance(overall)
+            failed = Sweep(todo, plan, store, backend, progress).measure()
     finally:
         complete = set(store.completed_variants()) >= {v.name for v in plan.variants}
         store.update_info(status="complete" if complete else "incomplete",

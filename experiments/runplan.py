@@ -417,7 +417,8 @@ def _import_check(argv: list[str], env: dict[str, str]) -> str:
 def make_run_backend(plan: RunPlan) -> Backend:
     """The backend for this plan, its preflight passed (CLI, credentials, budget)."""
     if plan.backend_name == "local":
-        backend = make_backend("local", cpu_scale=plan.cpu_scale, credits=plan.credits)
+        backend = make_backend("local", cpu_scale=plan.cpu_scale, credits=plan.credits,
+                               variants=plan.variants)
     else:
         from experiments.cost import price_variant
 

@@ -1,5 +1,5 @@
-"""One variant's pass through the stages, in this order (PerfKitBenchmarker's stages with a
-`current_run_stage`; esrally's named pipeline steps):
+"""One variant's stages, which the sweep (sweep.py) runs for every variant together
+(PerfKitBenchmarker's stages with a `current_run_stage`; esrally's named pipeline steps):
 
     deploy → wait healthy → capacity → sustained capacity (burstable, standard credits) →
     survival → observe → teardown → diagnose → price → store.
@@ -7,7 +7,8 @@
 Each stage is one method that delegates its rule to where it lives: the search to
 `load/search.py`, the sustained search to `load/sustained.py`, the survival rate and verdict
 to `load/survival.py`, the diagnosis to `diagnose.py`, the bill to `cost.py`, the record to
-`results.py`, the progress lines to `report/progress.py`.
+`results.py`, the progress lines to `report/progress.py`. The searches are handed out as lanes
+(`schedule.Lane`) so that one schedule advances every variant's search in the same rounds.
 
 Time dilation: on the local backend at cpu_scale s the box runs d = 1/s times slower than
 the AWS box; the backend stretches the server's clocks, and this module the experiment's: the
@@ -15,8 +16,8 @@ SLO's p95 (`Slo.dilated`), the profile's warm-up, holds, cooldown and survival d
 (`Profile.dilated`, which also divides the first step's rate) and the survival rule's windows.
 
 Teardown comes first, publishing after (PerfKitBenchmarker's order): everything a variant
-needs later is observed while the deployment is up, the backend's `finally` removes it, and
-only then are the results judged and written.
+needs later is observed while the deployment is up, its stack removes it, and only then are
+the results judged and written.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -32,7 +34,7 @@ from rich.progress import Progress
 
 from experiments.backends.base import Backend, Deployment
 from experiments.credits_model import Sustained
-from experiments.load.capacity import CapacityResult
+from experiments.load.capacity import CapacityResult, Probe
 from experiments.load.driver import LoadSession, LoadSettings
 from experiments.load.survival import (
     HAZARD_INTERVAL_S,
@@ -46,9 +48,11 @@ from experiments.model import Failure, Observations, Slo, StepResult, SurvivalRe
 from experiments.report.progress import VariantProgress
 from experiments.results import RunStore, VariantSummary, variant_record
 from experiments.runplan import RunPlan
+from experiments.schedule import Lane
 from stacks.variant import Variant
 
 if TYPE_CHECKING:
+    from experiments.load.sustained import SustainedSearch
     from experiments.profiles import Profile
     from experiments.stats import Spread
 
@@ -67,7 +71,7 @@ class Stage(StrEnum):
     STORE = "storing"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the sweep keys its lanes by run
 class VariantRun:
     """One variant's pass through the stages; each stage is one method with one job."""
 
@@ -89,6 +93,12 @@ class VariantRun:
     """Host wall-clock seconds each stage took, by `Stage` name (deploy includes waiting
     healthy, observe the teardown): where a run's time goes, e.g. which stage a shorter demo
     would have to give up."""
+    deployment: Deployment | None = field(init=False, default=None)
+    load: LoadSession | None = field(init=False, default=None)
+    """The load generator the capacity and sustained searches share."""
+    stack: ExitStack = field(init=False, default_factory=ExitStack)
+    """This variant's deployment and load session, closed in reverse order (the teardown)."""
+    _sustained: SustainedSearch | None = field(init=False, default=None)
     _stage_since: float | None = field(init=False, default=None)
     view: VariantProgress = field(init=False)
     _on_step: Callable[[StepResult], None] = field(init=False)
@@ -107,48 +117,36 @@ class VariantRun:
         """The profile in the emulated box's time: clocks × dilation, first rate ÷ dilation."""
         return self.plan.profile.dilated(self.dilation)
 
-    def measure(self, backend: Backend) -> VariantSummary:
-        self.dilation = float(getattr(backend, "dilation", 1.0) or 1.0)
-        self.cpu_scale = getattr(backend, "cpu_scale", None)
+    def __enter__(self) -> VariantRun:
+        self.view.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self.stack.close()  # its load sessions and its deployment, in reverse order
+        finally:
+            self.view.__exit__(*exc_info)
+
+    def deploy(self, backend: Backend) -> Deployment:
+        """Deploy and wait healthy; the backend's teardown waits in this run's stack (closed
+        when the run ends, or early when this variant fails), and so does the load session
+        the capacity and sustained searches share."""
+        self.dilation = float(backend.dilation or 1.0)
+        self.cpu_scale = backend.cpu_scale
         self.store.set_aside_partial(self.variant.name)
         self.store.save_json(self.variant.name, "variant.json", variant_record(self.variant))
-        with self.view:
-            capacity, survival, observations = self.deployed_stages(backend)
-        survival = with_worker_loss(survival, observations)
-        self.store.save_json(self.variant.name, "survival.json", survival.to_dict())
-        failure = self.diagnose(capacity, survival, observations)
-        return self.finish(capacity, survival, observations, failure)
-
-    def deployed_stages(self, backend: Backend
-                        ) -> tuple[CapacityResult, SurvivalResult, Observations]:
-        """deploy → capacity → sustained → survival → observe; the backend tears down in its
-        `finally`."""
         self.enter(Stage.DEPLOY)
-        with backend.deployed(self.variant) as deployment:
-            try:
-                capacity = self.capacity(deployment)
-                self.sustained = self.sustained_capacity(deployment, capacity)
-                survival = self.survival(deployment, capacity)
-            finally:
-                observations = self.observe(deployment)
-        return capacity, survival, observations
+        self.deployment = self.stack.enter_context(backend.deployed(self.variant))
+        self.load = self.stack.enter_context(
+            LoadSession(self.deployment.url, self._load(self.profile.hazard_weight_capacity)))
+        return self.deployment
 
-    def capacity(self, deployment: Deployment) -> CapacityResult:
-        """`--repeat N` independent searches. The result is the median search's (its steps and
-        p95, so that pricing and diagnosis read the search the capacity names) with capacity =
-        the median; steps.json keeps every search's steps, `capacity_spread` every figure."""
-        from experiments.stats import spread
+    def capacity_lane(self, index: int, cores: float) -> Lane[Probe, StepResult, CapacityResult]:
+        """Search number `index` (of `--repeat`) as a lane of the run's schedule: guided by
+        the deployment's CPU signal, ending in a confirmation hold."""
+        from experiments.load.search import capacity_prober, new_capacity_search
 
-        searches = [self._capacity_search(deployment, i) for i in range(self.plan.repeat)]
-        figures = self.capacity_spread = spread([c.capacity_rps for c in searches])
-        median = min(searches, key=lambda c: abs(c.capacity_rps - figures.median))
-        return replace(median, capacity_rps=figures.median)
-
-    def _capacity_search(self, deployment: Deployment, index: int) -> CapacityResult:
-        """Guided search (the deployment's CPU signal) ending in a confirmation hold."""
-        from experiments.load.search import search_capacity
-
-        profile = self.profile
+        profile, deployment, load = self.profile, self.live, self._session()
         self.enter(Stage.CAPACITY, total=profile.max_steps + (1 if profile.confirm_hold_s else 0),
                    detail=f"search {index + 1} of {self.plan.repeat}" if self.plan.repeat > 1
                    else "")
@@ -156,28 +154,57 @@ class VariantRun:
         def on_rate(rps: float, phase: str) -> None:
             self.view.describe(f"{'confirming ' if phase == 'confirm' else ''}{rps:.1f} req/s")
 
-        with LoadSession(deployment.url, self._load(profile.hazard_weight_capacity)) as load:
-            capacity = search_capacity(load, deployment, profile, self.slo,
-                                       on_step=self._on_step, on_rate=on_rate)
-        bound = capacity.bound_sentence()
-        self.view.say(f"  {self.variant.name}: {capacity.verdict}"
-                      + (f"; {bound}" if bound else ""))
-        return capacity
+        return Lane(self.variant.name,
+                    new_capacity_search(load, deployment, profile, self.slo, self._on_step),
+                    capacity_prober(load, deployment, profile, on_rate), cores)
 
-    def sustained_capacity(self, deployment: Deployment, burst: CapacityResult
-                           ) -> Sustained | None:
-        """Burstable, standard credits: the capacity at the baseline (load/sustained.py)."""
+    def capacity(self, searches: list[CapacityResult]) -> CapacityResult:
+        """`--repeat N` independent searches. The result is the median search's (its steps and
+        p95, so that pricing and diagnosis read the search the capacity names) with capacity =
+        the median; steps.json keeps every search's steps, `capacity_spread` every figure."""
+        from experiments.stats import spread
+
+        for capacity in searches:
+            bound = capacity.bound_sentence()
+            self.view.say(f"  {self.variant.name}: {capacity.verdict}"
+                          + (f"; {bound}" if bound else ""))
+        figures = self.capacity_spread = spread([c.capacity_rps for c in searches])
+        median = min(searches, key=lambda c: abs(c.capacity_rps - figures.median))
+        return replace(median, capacity_rps=figures.median)
+
+    def sustained_lane(self, burst: CapacityResult, cores: float
+                       ) -> Lane[Probe, StepResult, CapacityResult] | None:
+        """Burstable, standard credits: the capacity at the baseline (load/sustained.py), as a
+        lane of the run's schedule with the balance emptied now (`end_sustained` restores it);
+        None when the figure needs no search (`sustained` is then set)."""
         from experiments.load.sustained import SustainedSearch
 
         profile = self.profile
-        search = SustainedSearch(self.variant, profile, self.slo, self.plan.credits,
-                                 self.cpu_scale, self._load(profile.hazard_weight_capacity))
+        search = self._sustained = SustainedSearch(
+            self.variant, profile, self.slo, self.plan.credits, self.cpu_scale,
+            self._load(profile.hazard_weight_capacity))
         self.enter(Stage.SUSTAINED, total=search.max_steps)
+        begun = search.start(self.live, burst)
+        if not isinstance(begun, float):
+            self.sustained = begun
+            return None
+        return Lane(self.variant.name,
+                    search.search(begun, self._recorder("sustained-steps.json", "sustained ")),
+                    search.prober(self._session(), self.live,
+                                  lambda rps: self.view.describe(f"{rps:.1f} req/s")),
+                    cores)
+
+    def end_sustained(self, found: CapacityResult | None) -> None:
+        """Restore the credit balance (in the caller's `finally`) and keep the figure."""
+        search = self._sustained
+        if search is None:
+            return
         try:
-            return search.run(deployment, burst, lambda rps: self.view.describe(f"{rps:.1f} req/s"),
-                              self._recorder("sustained-steps.json", "sustained "))
+            search.end(self.live)
         finally:
             self.forced_credits = search.forced_window
+        if found is not None:
+            self.sustained = search.result(found)
 
     def survival_rps(self, capacity: CapacityResult) -> tuple[float, str]:
         """The run's one survival rate, stored in run.json so later variants and --resume
@@ -191,8 +218,10 @@ class VariantRun:
         self.store.update_info(survival={"offered_rps": rate, "source": source})
         return rate, source
 
-    def survival(self, deployment: Deployment, capacity: CapacityResult) -> SurvivalResult:
-        rate, _ = self.survival_rps(capacity)
+    def survival(self, rate: float) -> SurvivalResult:
+        """The run's one survival load for up to the profile's limit (stops at the server's
+        first worker loss)."""
+        deployment = self.live
         limit_s = self.profile.survival_limit_s
         hazard = SHOP_HAZARD_PATH if self.plan.shop_hazard else None
         every_s = HAZARD_INTERVAL_S * self.dilation
@@ -208,11 +237,24 @@ class VariantRun:
         self.store.save_json(self.variant.name, "survival-clients.json", survival.to_dict())
         return survival
 
-    def observe(self, deployment: Deployment) -> Observations:
+    def observe(self) -> Observations:
+        """Signals and logs from deploy until now, then the teardown (this run's stack)."""
         self.enter(Stage.OBSERVE)
-        observations = deployment.observe()
-        self.store.save_observations(self.variant.name, observations)
+        try:
+            observations = self.live.observe()
+            self.store.save_observations(self.variant.name, observations)
+        finally:
+            self.stack.close()
         return observations
+
+    def conclude(self, capacity: CapacityResult, survival: SurvivalResult,
+                 observations: Observations) -> VariantSummary:
+        """After the teardown: judge survival by the server's own worker losses, diagnose,
+        price and store."""
+        survival = with_worker_loss(survival, observations)
+        self.store.save_json(self.variant.name, "survival.json", survival.to_dict())
+        failure = self.diagnose(capacity, survival, observations)
+        return self.finish(capacity, survival, observations, failure)
 
     def diagnose(self, capacity: CapacityResult, survival: SurvivalResult,
                  observations: Observations) -> Failure:
@@ -274,6 +316,17 @@ class VariantRun:
             self.view.step(step, what)
             self.view.advance()
         return on_step
+
+    @property
+    def live(self) -> Deployment:
+        if self.deployment is None:
+            raise RuntimeError(f"{self.variant.name} is not deployed")
+        return self.deployment
+
+    def _session(self) -> LoadSession:
+        if self.load is None:
+            raise RuntimeError(f"{self.variant.name} has no load session")
+        return self.load
 
     def _load(self, hazard_weight: int) -> LoadSettings:
         return LoadSettings(locustfile=self.plan.locustfile, load_workers=self.plan.load_workers,

@@ -206,20 +206,16 @@ def test_the_runners_search_runs_the_dilated_profile(tmp_path: Path,
 
     seen: list[object] = []
 
-    class NoLoad:
-        def __init__(self, *_: object) -> None: ...
-        def __enter__(self) -> NoLoad: return self
-        def __exit__(self, *_: object) -> None: ...
-
     def search(load: object, deployment: object, profile: object, *_: object,
                **__: object) -> object:
         seen.append(profile)
-        return _capacity((8, True))
+        return iter(())
 
-    monkeypatch.setattr("experiments.variant_run.LoadSession", NoLoad)
-    monkeypatch.setattr("experiments.load.search.search_capacity", search)
+    monkeypatch.setattr("experiments.load.search.new_capacity_search", search)
     run = _variant_run(tmp_path)
-    run._capacity_search(SimpleNamespace(url="http://127.0.0.1:1"), 0)  # type: ignore[arg-type]
+    run.deployment = SimpleNamespace(url="http://127.0.0.1:1")  # type: ignore[assignment]
+    run.load = SimpleNamespace(deck_arrivals=0)  # type: ignore[assignment]
+    run.capacity_lane(0, cores=0.33)
     quick = run.plan.profile
     (profile,) = seen
     assert isinstance(profile, Profile)

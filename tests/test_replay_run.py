@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,13 @@ from rich.progress import Progress
 from experiments.backends.base import Deployment
 from experiments.credits_model import Sustained
 from experiments.load.capacity import CapacityResult
+from experiments.load.survival import smallest_first
 from experiments.load.sustained import FORCED_CREDITS_MARGIN_S, SustainedSearch
 from experiments.model import Observations, Slo, StepResult, SurvivalResult
 from experiments.profiles import get_profile
 from experiments.results import RunStore
 from experiments.runplan import RunPlan
-from experiments.variant_run import VariantRun
+from experiments.sweep import Sweep
 from stacks.variant import Variant, load_variant
 
 REPLAY = FIXTURES / "replay_run"
@@ -62,9 +63,15 @@ class ReplayBackend:
         self.dilation = float(info["dilation"])
         self.cpu_scale = float(info["cpu_scale"])
 
+    concurrent_cores = 2.0
+
+    def lane_cores(self, variant: Variant) -> float:
+        return 0.0
+
     @contextmanager
     def deployed(self, variant: Variant) -> Iterator[Deployment]:
-        deployment = ReplayDeployment(variant, "http://127.0.0.1:9/", ["i0"], 0.0)
+        port = 9000 + VARIANTS.index(variant.name)  # the load finds its recording by URL
+        deployment = ReplayDeployment(variant, f"http://127.0.0.1:{port}", ["i0"], 0.0)
         deployment.recorded = self.recording.load_observations(variant.name)
         yield deployment
 
@@ -72,8 +79,8 @@ class ReplayBackend:
 class ReplayLoad:
     """The load session's survival test, answered with the recorded clients' view."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, url: str, *_: object) -> None:
+        self.folder = REPLAY / VARIANTS[int(url.rsplit(":", 1)[1]) - 9000]
 
     def __enter__(self) -> ReplayLoad:
         return self
@@ -99,6 +106,12 @@ def recorded_capacity(folder: Path) -> CapacityResult:
                           or bound is None else bound * demand_ms / 1000)
 
 
+def recorded_search(deployment: Deployment) -> Generator[Any, Any, CapacityResult]:
+    """The capacity search as a lane that proposes no step: the recording's result."""
+    return recorded_capacity(REPLAY / deployment.variant.name)
+    yield  # a generator: the schedule advances it like a live search
+
+
 def recorded_sustained(search: SustainedSearch, folder: Path, observations: Observations
                        ) -> Sustained | None:
     """The sustained search as recorded; the forced window from when the recording's backend
@@ -115,7 +128,7 @@ def recorded_sustained(search: SustainedSearch, folder: Path, observations: Obse
 
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Every variant of the recording through VariantRun.measure; (recorded, replayed) run dirs."""
+    """Every variant of the recording through the sweep; (recorded, replayed) run dirs."""
     root = tmp_path_factory.mktemp("replay")
     recorded = root / "recorded"
     shutil.copytree(REPLAY, recorded / "demo")
@@ -132,21 +145,20 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
                    app_overrides={})
     backend = ReplayBackend(recording, info)
     mp = pytest.MonkeyPatch()
-    current: dict[str, Path] = {}
-    mp.setattr("experiments.variant_run.LoadSession",
-               lambda url, settings: ReplayLoad(current["folder"]))
-    mp.setattr("experiments.load.search.search_capacity",
-               lambda *a, **k: recorded_capacity(current["folder"]))
-    mp.setattr(SustainedSearch, "run",
+    mp.setattr("experiments.variant_run.LoadSession", ReplayLoad)
+    mp.setattr("experiments.load.search.new_capacity_search",
+               lambda load, deployment, *a, **k: recorded_search(deployment))
+    mp.setattr("experiments.load.search.capacity_prober", lambda *a, **k: None)
+    mp.setattr(SustainedSearch, "start",
                lambda self, deployment, *a, **k: recorded_sustained(
-                   self, current["folder"], deployment.observe()))
+                   self, recorded / "demo" / self.variant.name, deployment.observe()))
     try:
         with Progress(console=Console(file=io.StringIO())) as progress:
-            for variant in plan.variants:
-                current["folder"] = recorded / "demo" / variant.name
-                VariantRun(variant, plan, store, progress).measure(backend)  # type: ignore[arg-type]
+            todo = smallest_first(plan.variants)
+            failed = Sweep(todo, plan, store, backend, progress).measure()  # type: ignore[arg-type]
     finally:
         mp.undo()
+    assert failed == []
     return recorded / "demo", root / "out" / "demo"
 
 

@@ -68,6 +68,26 @@ class Deployment:
 class Backend(Protocol):
     name: str
 
+    @property
+    def cpu_scale(self) -> float | None:
+        """Host cores per emulated vCPU (local); None where CPU samples are in vCPUs."""
+        ...
+
+    @property
+    def dilation(self) -> float:
+        """How many times slower than the AWS box an emulated box runs (1 on AWS)."""
+        ...
+
+    @property
+    def concurrent_cores(self) -> float:
+        """Host cores the variants' boxes may use at once when measured together (inf: each
+        variant is its own hardware)."""
+        ...
+
+    def lane_cores(self, variant: Variant) -> float:
+        """Host cores `variant` takes while it is loaded (0: none of this host's)."""
+        ...
+
     def preflight(self, variants: list[Variant]) -> None:
         """Check prerequisites (tools, credentials, budget) before anything is created;
         raise a UserError naming what is missing."""

@@ -48,7 +48,7 @@ CPU; far below, of something else (workers, memory, a lock, the database)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -301,6 +301,30 @@ def _round_rate(rate: float) -> float:
     return float(f"{rate:.3g}") if rate >= 1 else round(rate, 2)
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A step a search asks for: `rps` offered for a search step or a confirmation hold."""
+
+    rps: float
+    phase: str = "search"
+    """"search" (a short step) or "confirm" (the longer confirmation hold)."""
+
+
+CapacitySearch = Generator[Probe, StepResult, CapacityResult]
+"""A search as an object that proposes its next step and takes its result: one schedule can
+advance several of them (variants measured together), and `drive` runs one alone."""
+
+
+def drive(search: CapacitySearch, measure: Callable[[Probe], StepResult]) -> CapacityResult:
+    """Run one search to its end, measuring each probe it proposes with `measure`."""
+    try:
+        probe = next(search)
+        while True:
+            probe = search.send(measure(probe))
+    except StopIteration as done:
+        return done.value
+
+
 def find_capacity(
     measure: Callable[[float], StepResult],
     slo: Slo,
@@ -320,6 +344,29 @@ def find_capacity(
     the factor each step below a failed first step applies (a first step aimed close to the
     answer walks down in smaller steps than halving).
     """
+    search = capacity_search(slo, start_rps, growth, precision, max_steps, on_step,
+                             cpu_limit_cores, confirm is not None, walk_down)
+
+    def measured(probe: Probe) -> StepResult:
+        if probe.phase == "confirm" and confirm is not None:
+            return confirm(probe.rps)
+        return measure(probe.rps)
+    return drive(search, measured)
+
+
+def capacity_search(
+    slo: Slo,
+    start_rps: float = 5.0,
+    growth: float = 1.5,
+    precision: float = 0.05,
+    max_steps: int = 20,
+    on_step: Callable[[StepResult], None] | None = None,
+    cpu_limit_cores: float | None = None,
+    confirm: bool = False,
+    walk_down: float = 0.5,
+) -> CapacitySearch:
+    """The search of `find_capacity` as a generator: yields each `Probe`, is sent its
+    StepResult, returns the CapacityResult. `confirm`: end with confirmation holds."""
     if (start_rps <= 0 or growth <= 1 or precision <= 0 or max_steps < 1
             or not 0 < walk_down < 1):
         raise ValueError("start_rps > 0, growth > 1, precision > 0, max_steps >= 1 and "
@@ -338,9 +385,9 @@ def find_capacity(
             on_step(step)
         return step
 
-    def run(rate: float) -> StepResult:
+    def run(rate: float) -> Generator[Probe, StepResult, StepResult]:
         nonlocal best, fail_rps, saturated_rps, demand
-        step = record(slo.judge(measure(rate)))
+        step = record(slo.judge((yield Probe(rate))))
         if step.generator_saturated:
             saturated_rps = rate
         elif step.passed:
@@ -372,12 +419,12 @@ def find_capacity(
 
     aimed = False  # a step aimed at the CPU bound was run
 
-    def grow(rate: float) -> float:
+    def grow(rate: float) -> Generator[Probe, StepResult, float]:
         """Step up from `rate` until a step fails (or the budget ends); returns the last rate
         run, or the next one when the budget ended while passing."""
         nonlocal aimed
         while budget():
-            step = run(rate)
+            step = yield from run(rate)
             if not step.passed:
                 break
             had_bound = bound() is not None
@@ -385,7 +432,7 @@ def find_capacity(
             aimed = aimed or had_bound
         return rate
 
-    def bisect() -> None:
+    def bisect() -> Generator[Probe, StepResult, None]:
         """Narrow (highest pass, lowest fail) to `precision` (geometric: the bracket is a
         ratio). A failure far above the last pass (a failed aim at the bound) is bracketed
         from above first: capacity is rarely far below the bound, so step back by
@@ -398,12 +445,12 @@ def find_capacity(
             mid = _round_rate(STEP_BACK * high if wide else (low * high) ** 0.5)
             if mid <= low or mid >= high:
                 break
-            run(mid)
+            yield from run(mid)
 
     rate = _round_rate(start_rps)
     again: StepResult | None = None  # the repeated step, once one was run
 
-    def remeasure_contradicted() -> None:
+    def remeasure_contradicted() -> Generator[Probe, StepResult, None]:
         """2b. Measure once per search a failure the utilization law contradicts; if it
         passes (a moment of the host, not the box), search on from there."""
         nonlocal again, fail_rps, rate
@@ -412,31 +459,31 @@ def find_capacity(
         remeasured = _contradicted_failure(best, fail_rps, cpu_limit_cores)
         if remeasured is None:
             return
-        again = run(remeasured)
+        again = yield from run(remeasured)
         if again.passed:
             fail_rps = min((s.offered_rps for s in steps if not s.passed
                             and not s.generator_saturated and s.offered_rps > remeasured),
                            default=None)
             if fail_rps is None:
-                rate = grow(next_rate(remeasured, aimed))
+                rate = yield from grow(next_rate(remeasured, aimed))
 
     # 1. grow: the first step measures the demand, the second aims at 90 % of the bound
-    rate = grow(rate)
+    rate = yield from grow(rate)
 
     # 3. first step failed (not invalid): walk down
     if best is None and saturated_rps is None and fail_rps is not None:
         rate = fail_rps
         while budget() and best is None and rate * walk_down >= MIN_RPS:
             rate = _round_rate(rate * walk_down)
-            run(rate)
+            yield from run(rate)
 
     # 2b before bisecting: a failure far below the bound (a first step that failed at a
     # fifth of it) is repeated at once rather than crept up to by bisection
-    remeasure_contradicted()
+    yield from remeasure_contradicted()
     # 2. bisect, then 2b for a failure bisection found just above the highest pass
-    bisect()
-    remeasure_contradicted()
-    bisect()
+    yield from bisect()
+    yield from remeasure_contradicted()
+    yield from bisect()
 
     capacity = best.offered_rps if best else 0.0
     p95 = best.p95_verdict_ms if best else None
@@ -477,25 +524,26 @@ def find_capacity(
 
     # 4. confirm
     confirmed: bool | None = None
-    if confirm is not None and best is not None:
-        def confirm_judged(rate: float) -> StepResult:
-            return record(slo.judge(replace(confirm(rate), phase="confirm")))
+    if confirm and best is not None:
+        def confirm_judged(rate: float) -> Generator[Probe, StepResult, StepResult]:
+            return record(slo.judge(replace((yield Probe(rate, "confirm")), phase="confirm")))
 
-        def refine(passed: StepResult, refuted_rps: float) -> StepResult:
+        def refine(passed: StepResult, refuted_rps: float
+                   ) -> Generator[Probe, StepResult, StepResult]:
             """One more hold between a hold that passed and a higher one that failed (when
             they lie more than `precision` apart); the higher of the two that passed."""
             nonlocal verdict
             middle = _refinement(passed.offered_rps, refuted_rps, precision)
             if middle is None:
                 return passed
-            check = confirm_judged(middle)
+            check = yield from confirm_judged(middle)
             verdict += (f"; a refinement hold between them "
                         f"{'passed' if check.passed else 'failed'} at {middle:g} rps")
             return check if check.passed else passed
 
         rate = refuted = capacity  # refuted: the lowest failed hold, once one failed
         for attempt in range(MAX_CONFIRMATIONS):
-            step = confirm_judged(rate)
+            step = yield from confirm_judged(rate)
             if step.generator_saturated:
                 break
             if step.passed:
@@ -503,17 +551,17 @@ def find_capacity(
                 if rate < capacity:
                     verdict += (f"; the confirmation hold failed at {capacity:g} rps and "
                                 f"passed at {rate:g} rps")
-                    step = refine(step, refuted)
+                    step = yield from refine(step, refuted)
                 else:
                     verdict += f"; confirmed by a {step.duration_s:.0f} s hold"
                     lifted = _lifted_rate(step, cpu_limit_cores, precision)
                     if lifted is not None:  # the box held it with CPU to spare
-                        check = confirm_judged(lifted)
+                        check = yield from confirm_judged(lifted)
                         verdict += (f" that left {1 - _utilization(step, cpu_limit_cores):.0%} "
                                     f"of the CPU idle; one more hold "
                                     f"{'passed' if check.passed else 'failed'} at {lifted:g} rps")
                         # failed: the knee lies between the two holds, as in the walk down
-                        step = check if check.passed else refine(step, lifted)
+                        step = check if check.passed else (yield from refine(step, lifted))
                 capacity, p95 = step.offered_rps, step.p95_verdict_ms
                 break
             confirmed = False

@@ -10,7 +10,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from experiments.load.capacity import CapacityResult, find_capacity
+from experiments.load.capacity import (
+    CapacityResult,
+    CapacitySearch,
+    Probe,
+    capacity_search,
+    drive,
+)
 from experiments.model import Slo, StepResult
 from experiments.profiles import Profile
 
@@ -77,6 +83,43 @@ def wait_until_drained(deployment: Deployment, limit_s: float,
     return clock() - began
 
 
+def capacity_prober(load: LoadSession, deployment: Deployment, profile: Profile,
+                    on_rate: Callable[[float, str], None] | None = None
+                    ) -> Callable[[Probe], StepResult]:
+    """Measures a search's probes on `deployment`: a step (or the longer confirmation hold),
+    the profile's cooldown, then (given a CPU signal) a wait until the server has worked off
+    what the step left queued, so no step inherits the last one's backlog.
+
+    `on_rate(rps, phase)` is told each rate before it is measured (for progress display)."""
+
+    def measure(probe: Probe) -> StepResult:
+        if on_rate is not None:
+            on_rate(probe.rps, probe.phase)
+        hold_s = profile.confirm_hold_s if probe.phase == "confirm" else profile.hold_s
+        result = load.step(probe.rps, profile.warmup_s, hold_s,
+                           cpu_seconds=deployment.cpu_seconds)
+        time.sleep(profile.cooldown_s)
+        wait_until_drained(deployment, DRAIN_LIMIT_HOLDS * hold_s)
+        return result
+    return measure
+
+
+def new_capacity_search(load: LoadSession, deployment: Deployment, profile: Profile, slo: Slo,
+                        on_step: Callable[[StepResult], None] | None = None) -> CapacitySearch:
+    """The guided search (when the deployment reports its CPU) plus the profile's
+    confirmation, as an object a schedule advances (`capacity_prober` measures its probes)."""
+    return capacity_search(
+        slo,
+        start_rps=first_step_rps(profile.start_rps, profile.hold_s, load.deck_arrivals),
+        growth=profile.growth,
+        precision=profile.precision,
+        max_steps=profile.max_steps,
+        on_step=on_step,
+        cpu_limit_cores=deployment.cpu_limit_cores(),
+        confirm=profile.confirm_hold_s > 0,
+    )
+
+
 def search_capacity(
     load: LoadSession,
     deployment: Deployment,
@@ -85,35 +128,6 @@ def search_capacity(
     on_step: Callable[[StepResult], None] | None = None,
     on_rate: Callable[[float, str], None] | None = None,
 ) -> CapacityResult:
-    """Guided search (when the deployment reports its CPU) plus the profile's confirmation.
-
-    After each step the profile's cooldown, then (given a CPU signal) a wait until the server
-    has worked off what the step left queued, so no step inherits the last one's backlog.
-
-    `on_rate(rps, phase)` is told each rate before it is measured (for progress display).
-    """
-
-    def step(rps: float, hold_s: float, phase: str) -> StepResult:
-        if on_rate is not None:
-            on_rate(rps, phase)
-        result = load.step(rps, profile.warmup_s, hold_s, cpu_seconds=deployment.cpu_seconds)
-        time.sleep(profile.cooldown_s)
-        wait_until_drained(deployment, DRAIN_LIMIT_HOLDS * hold_s)
-        return result
-
-    confirm = None
-    if profile.confirm_hold_s > 0:
-        def confirm(rps: float) -> StepResult:
-            return step(rps, profile.confirm_hold_s, "confirm")
-
-    return find_capacity(
-        lambda rps: step(rps, profile.hold_s, "search"),
-        slo,
-        start_rps=first_step_rps(profile.start_rps, profile.hold_s, load.deck_arrivals),
-        growth=profile.growth,
-        precision=profile.precision,
-        max_steps=profile.max_steps,
-        on_step=on_step,
-        cpu_limit_cores=deployment.cpu_limit_cores(),
-        confirm=confirm,
-    )
+    """One search alone on one deployment (benchmarks; the runner schedules several)."""
+    return drive(new_capacity_search(load, deployment, profile, slo, on_step),
+                 capacity_prober(load, deployment, profile, on_rate))

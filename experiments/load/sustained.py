@@ -13,7 +13,13 @@ from dataclasses import dataclass
 
 from experiments.backends.base import Deployment
 from experiments.credits_model import Sustained, estimated_sustained_rps, vcpus_used_during
-from experiments.load.capacity import CapacityResult, find_capacity
+from experiments.load.capacity import (
+    CapacityResult,
+    CapacitySearch,
+    Probe,
+    capacity_search,
+    drive,
+)
 from experiments.load.driver import LoadSession, LoadSettings
 from experiments.load.search import DRAIN_LIMIT_HOLDS, wait_until_drained
 from experiments.model import Slo, StepResult, step_at_capacity
@@ -76,53 +82,81 @@ class SustainedSearch:
     load: LoadSettings
     forced_window: tuple[float, float] | None = None
     """When the balance was forced empty: our doing, not a failure to diagnose."""
+    used: float | None = None
+    """vCPUs per instance busy at the burst capacity (the estimate's denominator)."""
+    _started: float | None = None
 
     @property
     def max_steps(self) -> int:
         return self.profile.sustained_steps
 
-    def run(self, deployment: Deployment, burst: CapacityResult,
-            on_rate: Callable[[float], None], on_step: Callable[[StepResult], None]
-            ) -> Sustained | None:
-        """None where credits never throttle (fixed performance, unlimited mode)."""
+    def start(self, deployment: Deployment, burst: CapacityResult) -> Sustained | float | None:
+        """None where credits never throttle (fixed performance, unlimited mode); a Sustained
+        known without a search; else the balance is emptied now (`end` restores it, in the
+        caller's `finally`) and the utilization-law estimate the search aims below."""
         it = load_catalog().instance(self.variant.instance_type)
         if not it.burstable or self.variant.credit_mode != "standard" or burst.capacity_rps <= 0:
             return None
         at = step_at_capacity(burst.steps)
-        used = (vcpus_used_during(at, deployment.observe().signals, self.cpu_scale)
-                if at else None)
-        estimate = estimated_sustained_rps(burst.capacity_rps, used or float(it.vcpu),
+        self.used = (vcpus_used_during(at, deployment.observe().signals, self.cpu_scale)
+                     if at else None)
+        estimate = estimated_sustained_rps(burst.capacity_rps, self.used or float(it.vcpu),
                                            it.baseline_per_vcpu * it.vcpu)
         if self.credits == "exhausted":
-            return Sustained(burst.capacity_rps, "measured", used, [],
+            return Sustained(burst.capacity_rps, "measured", self.used, [],
                              "the run started with credits exhausted: the capacity is sustained")
-        started = time.time()
+        self._started = time.time()
         if not deployment.set_credits("exhausted"):
-            return Sustained(round(estimate, 2), "estimated", used, [],
+            self._started = None
+            return Sustained(round(estimate, 2), "estimated", self.used, [],
                              "credits cannot be emptied on this backend: burst capacity × "
                              "baseline ÷ CPU used at capacity")
+        return estimate
+
+    def end(self, deployment: Deployment) -> None:
+        """Restore the run's credit start (the survival test starts as planned) and note the
+        window the balance was forced empty."""
+        if self._started is None:
+            return
+        deployment.set_credits(self.credits)
+        self.forced_window = (self._started, time.time() + FORCED_CREDITS_MARGIN_S)
+        self._started = None
+
+    def search(self, estimate: float, on_step: Callable[[StepResult], None]) -> CapacitySearch:
+        """Aimed below the estimate, so the search grows into the answer in few steps."""
+        return capacity_search(self.slo, start_rps=max(0.5, FIRST_STEP * estimate),
+                               growth=self.profile.growth, precision=self.profile.precision,
+                               max_steps=self.max_steps, on_step=on_step, walk_down=WALK_DOWN)
+
+    def prober(self, load: LoadSession, deployment: Deployment,
+               on_rate: Callable[[float], None]) -> Callable[[Probe], StepResult]:
+        """Measures a sustained step: held for whole decks of the mix, then drained."""
+        min_arrivals = sustained_min_arrivals(self.profile, load.deck_arrivals)
+
+        def measure(probe: Probe) -> StepResult:
+            on_rate(probe.rps)
+            hold_s = sustained_hold_s(self.profile.hold_s, probe.rps, min_arrivals)
+            result = load.step(probe.rps, self.profile.warmup_s, hold_s,
+                               cpu_seconds=deployment.cpu_seconds)
+            time.sleep(self.profile.cooldown_s)
+            # at the baseline a backlog drains ten times slower than at burst
+            wait_until_drained(deployment, DRAIN_LIMIT_HOLDS * hold_s)
+            return result
+        return measure
+
+    def result(self, found: CapacityResult) -> Sustained:
+        return Sustained(found.capacity_rps, "measured", self.used, found.steps, found.verdict)
+
+    def run(self, deployment: Deployment, burst: CapacityResult,
+            on_rate: Callable[[float], None], on_step: Callable[[StepResult], None]
+            ) -> Sustained | None:
+        """The whole stage alone on one deployment (the runner schedules several lanes)."""
+        begun = self.start(deployment, burst)
+        if not isinstance(begun, float):
+            return begun
         try:
             with LoadSession(deployment.url, self.load) as load:
-                min_arrivals = sustained_min_arrivals(self.profile, load.deck_arrivals)
-
-                def measure(rps: float) -> StepResult:
-                    on_rate(rps)
-                    hold_s = sustained_hold_s(self.profile.hold_s, rps, min_arrivals)
-                    result = load.step(rps, self.profile.warmup_s, hold_s,
-                                       cpu_seconds=deployment.cpu_seconds)
-                    time.sleep(self.profile.cooldown_s)
-                    # at the baseline a backlog drains ten times slower than at burst
-                    wait_until_drained(deployment, DRAIN_LIMIT_HOLDS * hold_s)
-                    return result
-
-                # Aimed below the estimate, so the search grows into the answer in few steps.
-                found = find_capacity(measure, self.slo,
-                                      start_rps=max(0.5, FIRST_STEP * estimate),
-                                      growth=self.profile.growth,
-                                      precision=self.profile.precision,
-                                      max_steps=self.max_steps, on_step=on_step,
-                                      walk_down=WALK_DOWN)
+                found = drive(self.search(begun, on_step), self.prober(load, deployment, on_rate))
         finally:
-            deployment.set_credits(self.credits)  # the survival test starts as planned
-            self.forced_window = (started, time.time() + FORCED_CREDITS_MARGIN_S)
-        return Sustained(found.capacity_rps, "measured", used, found.steps, found.verdict)
+            self.end(deployment)
+        return self.result(found)

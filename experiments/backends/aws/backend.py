@@ -9,6 +9,7 @@ killed run can still be swept by `leftovers --backend aws --delete`.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -65,6 +66,14 @@ class AwsBackend:
     lock_wait_s: float = 300.0
     """How long destroy waits for a stack lock an interrupted `pulumi up` still holds."""
     lock_poll_s: float = 5.0
+    cpu_scale: float | None = None
+    """CPU samples are in the instances' own vCPUs."""
+    dilation: float = 1.0
+    concurrent_cores: float = math.inf
+    """Every variant is its own hardware: all of them are loaded at once."""
+
+    def lane_cores(self, variant: Variant) -> float:
+        return 0.0  # not on this host
 
     def __init__(self, project_dir: Path = PROJECT_DIR, state_dir: Path | None = None,
                  run_id: str = "manual", max_usd: float | None = None,

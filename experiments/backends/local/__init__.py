@@ -65,6 +65,9 @@ INSTANCE_PORT = 8000
 LB_PORT = 8080
 MIB = 1024 * 1024
 HEALTH_TIMEOUT_S = 90.0
+GENERATOR_CORES = 0.5
+"""Host cores kept free while the variants are loaded together: the load generators (one
+Locust process per variant), HAProxy, the sampler and the runner itself."""
 
 
 def dilation_for(cpu_scale: float) -> float:
@@ -72,8 +75,11 @@ def dilation_for(cpu_scale: float) -> float:
     return max(1.0, 1.0 / cpu_scale)
 
 
-def instance_cpus(index: int, vcpus: int, available: list[int]) -> list[int] | None:
-    """The host CPUs instance `index` with `vcpus` vCPUs is pinned to (None: all of them).
+def instance_cpus(index: int, vcpus: int, available: list[int], first: int | None = None
+                  ) -> list[int] | None:
+    """The host CPUs instance `index` with `vcpus` vCPUs is pinned to (None: all of them);
+    `first` (a run-wide cursor) overrides where its CPUs start, so the instances of variants
+    deployed together are spread over the host rather than all starting at its first CPU.
 
     Why: a t2.micro's two Gunicorn workers time-share its one vCPU. Spread over two host
     cores under a 0.66-core quota they ran side by side instead, and each request cost less
@@ -86,7 +92,7 @@ def instance_cpus(index: int, vcpus: int, available: list[int]) -> list[int] | N
     cpus = sorted(available)
     if vcpus >= len(cpus) or vcpus < 1:
         return None
-    first = index * vcpus
+    first = index * vcpus if first is None else first
     return sorted(cpus[(first + k) % len(cpus)] for k in range(vcpus))
 
 
@@ -169,7 +175,8 @@ class LocalBackend:
 
     def __init__(self, cpu_scale: float | None = None, credits: str = "launch",
                  time_compression: float = 1.0, state_dir: Path | None = None,
-                 host_cores: float | None = None, dilation: float | None = None) -> None:
+                 host_cores: float | None = None, dilation: float | None = None,
+                 variants: list[Variant] | None = None) -> None:
         if credits not in CREDIT_STARTS:
             raise UserError(f"credit start {credits!r} is not valid; use 'launch' or "
                             "'exhausted'.")
@@ -187,7 +194,7 @@ class LocalBackend:
             try:
                 from stacks.variant import load_variants
 
-                cpu_scale = self.choose_cpu_scale(load_variants(), host_cores)
+                cpu_scale = self.choose_cpu_scale(variants or load_variants(), host_cores)
             except UserError:
                 cpu_scale = self.choose_cpu_scale([], host_cores)
         self.cpu_scale: float = cpu_scale
@@ -196,20 +203,43 @@ class LocalBackend:
         self.dilation: float = dilation if dilation is not None else dilation_for(cpu_scale)
         """How many times slower than the AWS box the emulated one runs (1/cpu_scale)."""
         self._layout: CgroupLayout | None = None
+        self._cpu_cursor = 0
+        """The next host CPU an instance is pinned from (run-wide, see `instance_cpus`)."""
 
     @staticmethod
     def choose_cpu_scale(variants: list[Variant], host_cores: float | None = None,
-                         generator_cores: float = 1.0) -> float:
-        """Host cores per emulated vCPU so the largest variant plus the load generator fit.
+                         generator_cores: float = GENERATOR_CORES) -> float:
+        """Host cores per emulated vCPU so that every variant of the run fits on the host at
+        once, next to the load generators: the variants are then loaded together.
 
-        (host − generator) / max total vCPUs, rounded down to 0.01, kept within [0.05, 1]:
-        2 cores and 3 × t2.micro give 0.33. Never above 1: an emulated vCPU is no faster
-        than a host core.
+        (host − generator) / the variants' total vCPUs, rounded down to 0.01, kept within
+        [0.05, 1]: 2 cores and the four stacks (7 vCPUs) give 0.21, micro alone 1. Never above
+        1: an emulated vCPU is no faster than a host core.
         """
         host = host_cores if host_cores is not None else host_cpu_cores()
-        biggest = max((v.total_vcpu for v in variants), default=1)
-        scale = math.floor((host - generator_cores) / biggest * 100) / 100
+        total = sum(v.total_vcpu for v in variants) or 1
+        scale = math.floor((host - generator_cores) / total * 100) / 100
         return min(1.0, max(0.05, scale))
+
+    @property
+    def concurrent_cores(self) -> float:
+        """Host cores the variants' boxes may use at once while measured together: boxes whose
+        CPU limits add up to more are loaded one after another (experiments/schedule.py)."""
+        host = self.host_cores if self.host_cores is not None else host_cpu_cores()
+        return max(self.cpu_scale, host - GENERATOR_CORES)
+
+    def lane_cores(self, variant: Variant) -> float:
+        """Host cores `variant`'s boxes may use when loaded (all instances at full quota)."""
+        return variant.total_vcpu * self.cpu_scale
+
+    def next_cpus(self, vcpus: int) -> list[int] | None:
+        """Host CPUs for the next instance of this run (None: not pinned)."""
+        if not shutil.which("taskset"):  # util-linux, on every Linux
+            return None
+        cpus = instance_cpus(0, vcpus, list(os.sched_getaffinity(0)), first=self._cpu_cursor)
+        if cpus is not None:
+            self._cpu_cursor += vcpus
+        return cpus
 
     def layout(self) -> CgroupLayout:
         if self._layout is None:
@@ -408,8 +438,7 @@ class _Stack:
                 print(f"scalelab: note: {v.name}: {applied.note}.", file=sys.stderr)
             data = self.run_dir / name / "data"
             appsetup.copy_data(cache, data)
-            cpus = (instance_cpus(i, v.vcpu, list(os.sched_getaffinity(0)))
-                    if shutil.which("taskset") else None)  # util-linux, on every Linux
+            cpus = b.next_cpus(v.vcpu)
             self.instances.append(Instance(name, host, INSTANCE_PORT, cg, data, sampled=sampled,
                                            cpus=cpus))
         for inst in self.instances:
