@@ -135,6 +135,9 @@ class Sustained:
     used_vcpus_at_burst: float | None
     steps: list[StepResult]
     verdict: str = ""
+    derived_rps: float | None = None
+    """The utilization law's figure (burst × baseline ÷ CPU used at capacity), kept beside a
+    measured one: how far a derived sustained capacity would be from the measured."""
 
 
 def burst_summary(it: InstanceType, mode: str, count: int, burst_rps: float,
@@ -159,6 +162,7 @@ def burst_summary(it: InstanceType, mode: str, count: int, burst_rps: float,
     out: dict[str, Any] = {
         "sustained_capacity_rps": None if sustained_rps is None else round(sustained_rps, 2),
         "sustained_source": source,
+        "sustained_derived_rps": sustained.derived_rps if sustained is not None else None,
         "credit_runway_minutes": (None if runway is None or runway.full_minutes is None
                                   else round(runway.full_minutes, 1)),
         "credit_runway": None,

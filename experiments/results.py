@@ -181,6 +181,9 @@ class VariantSummary(Record):
     """Capacity once CPU credits are gone (standard-mode burstable); = capacity_rps where
     credits never throttle; None when it could not be established."""
     sustained_source: str = ""
+    sustained_derived_rps: float | None = None
+    """Beside a measured sustained capacity: the utilization law's figure (burst × baseline ÷
+    CPU used at capacity), so every run shows how far a derived one would be."""
     credit_runway_minutes: float | None = None
     """How long a full credit balance lasts at the CPU measured at capacity (None: n/a)."""
     credit_runway: dict[str, Any] | None = None
@@ -228,6 +231,7 @@ class VariantSummary(Record):
             profile=profile,
             sustained_capacity_rps=burst.get("sustained_capacity_rps", round(capacity_rps, 2)),
             sustained_source=burst.get("sustained_source", ""),
+            sustained_derived_rps=burst.get("sustained_derived_rps"),
             credit_runway_minutes=burst.get("credit_runway_minutes"),
             credit_runway=burst.get("credit_runway"), dilation=dilation)
 
@@ -398,6 +402,7 @@ class RunStore:
     def summary(self) -> dict[str, Any]:
         """summary.json: the measured entries plus an `aws_estimate` per variant, computed from
         them and the run's cpu_scale (never stored apart, so never stale)."""
+        from experiments.comparison import comparisons
         from experiments.estimate import with_estimates
 
         info = self.info
@@ -413,6 +418,8 @@ class RunStore:
             "variants": [entry for entry in (self._result(n) for n in self.completed_variants())
                          if entry is not None],
         }
+        summary["comparisons"] = comparisons(summary["variants"], together=bool(
+            info.get("schedule")))
         # the CPU of the host that measured (run.json), not of the one rebuilding the report
         cpu = (info.get("host") or {}).get("cpu_model") or "not recorded in run.json"
         return with_estimates(summary, host_cpu=cpu)

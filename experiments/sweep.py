@@ -144,6 +144,9 @@ class Sweep:
 
         def on_round(plan: RoundPlan) -> None:
             rounds.append({"round": plan.number, "groups": plan.groups})
+            for run, lane in lanes.items():  # broken in the last round: torn down now
+                if lane.error is not None and run in self.live:
+                    self._lose(run, lane.error)
         try:
             run_rounds(list(lanes.values()), self.backend.concurrent_cores, self.rng, on_round)
         finally:

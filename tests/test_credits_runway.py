@@ -159,6 +159,7 @@ def test_burst_summary_for_each_kind_of_instance() -> None:
     fixed = burst_summary(itype("c6i.large"), "standard", 2, 300.0, 1.8, None)
     assert fixed == {"sustained_capacity_rps": 300.0,
                      "sustained_source": "no credits (fixed performance)",
+                     "sustained_derived_rps": None,
                      "credit_runway_minutes": None, "credit_runway": None}
     idle = burst_summary(itype("t2.micro"), "standard", 1, 3.0, 0.05, measured)
     assert idle["sustained_capacity_rps"] == 3.0  # within the baseline: credits never run out

@@ -168,7 +168,7 @@ def test_the_replayed_record_has_the_same_keys_and_verdicts(replayed: tuple[Path
     recorded, replay = replayed
     before, after = _json(recorded / name / "result.json"), _json(replay / name / "result.json")
     # stage_seconds came after the recording: the stages' own clocks, every stage in order
-    assert set(after) == set(before) | {"stage_seconds"}
+    assert set(after) == set(before) | {"stage_seconds", "sustained_derived_rps"}
     assert list(after["stage_seconds"]) == ["deploy", "capacity", "sustained", "survival",
                                             "observe", "diagnose", "price"]
     assert all(seconds >= 0 for seconds in after["stage_seconds"].values())

@@ -84,6 +84,8 @@ class SustainedSearch:
     """When the balance was forced empty: our doing, not a failure to diagnose."""
     used: float | None = None
     """vCPUs per instance busy at the burst capacity (the estimate's denominator)."""
+    derived: float | None = None
+    """The utilization-law estimate: burst × baseline ÷ CPU used at capacity."""
     _started: float | None = None
 
     @property
@@ -100,8 +102,8 @@ class SustainedSearch:
         at = step_at_capacity(burst.steps)
         self.used = (vcpus_used_during(at, deployment.observe().signals, self.cpu_scale)
                      if at else None)
-        estimate = estimated_sustained_rps(burst.capacity_rps, self.used or float(it.vcpu),
-                                           it.baseline_per_vcpu * it.vcpu)
+        estimate = self.derived = estimated_sustained_rps(
+            burst.capacity_rps, self.used or float(it.vcpu), it.baseline_per_vcpu * it.vcpu)
         if self.credits == "exhausted":
             return Sustained(burst.capacity_rps, "measured", self.used, [],
                              "the run started with credits exhausted: the capacity is sustained")
@@ -145,7 +147,8 @@ class SustainedSearch:
         return measure
 
     def result(self, found: CapacityResult) -> Sustained:
-        return Sustained(found.capacity_rps, "measured", self.used, found.steps, found.verdict)
+        return Sustained(found.capacity_rps, "measured", self.used, found.steps, found.verdict,
+                         None if self.derived is None else round(self.derived, 2))
 
     def run(self, deployment: Deployment, burst: CapacityResult,
             on_rate: Callable[[float], None], on_step: Callable[[StepResult], None]

@@ -14,6 +14,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from experiments.comparison import sentence
 from experiments.model import Failure, SignalSample, StepResult, SurvivalResult
 from experiments.report import tables
 from experiments.results import DamagedRunError, RunStore, atomic_write_text
@@ -170,6 +171,7 @@ def render_html(store: RunStore, summary: dict[str, Any], rows: list[dict[str, A
         cost_items=COST_ITEMS,
         cost_notes=list(dict.fromkeys(n for r in rows for n in r["cost_notes"])),
         variants=variants, run_dir=str(store.dir), git_revision=info.get("git_revision"),
+        comparisons=[sentence(c) for c in summary.get("comparisons") or []],
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from experiments.comparison import sentence
 from experiments.report.tables import UNCONFIRMED
 from experiments.results import VariantSummary
 
@@ -55,6 +56,10 @@ def print_summary_table(summary: dict[str, Any], variants: list[VariantSummary],
         out.print(f"  ≈ AWS req/s: an estimate (capacity × 1/cpu_scale) assuming a host core "
                   f"({summary.get('host_cpu') or 'CPU not recorded'}) ≈ one vCPU; the other "
                   "assumptions are in the report.", highlight=False)
+    if summary.get("comparisons"):
+        out.print("  Against the baseline, measured together (95 % interval):", highlight=False)
+    for c in summary.get("comparisons") or []:
+        out.print(f"    {sentence(c)}", highlight=False)
     for v in variants:  # the host, not the box, capped these: say so where the figure is read
         for warning in (v.aws_estimate or {}).get("warnings") or []:
             out.print(f"  [yellow]! {warning}[/yellow]", highlight=False)

@@ -10,6 +10,7 @@ import csv
 import io
 from typing import Any
 
+from experiments.comparison import sentence
 from experiments.load.capacity import bound_sentence
 from experiments.results import VariantSummary
 
@@ -293,6 +294,9 @@ def to_markdown(summary: dict[str, Any], rows: list[dict[str, Any]],
     if best:
         out += ["", f"★ most capacity per dollar: **{best}** (on "
                     f"{'burst' if burst else 'sustained'} capacity)."]
+    if summary.get("comparisons"):
+        out += ["", "## Against the baseline (capacity ratio, 95 % interval)", ""]
+        out += [f"- {sentence(c)}" for c in summary["comparisons"]]
     lines = burst_lines(rows)
     if lines:
         out += ["", "## Burst vs sustained (CPU credits)", ""] + [f"- {line}" for line in lines]
