@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python benchmarks/bench_fairness.py [--variants micro,micro-swap,micro-copy]
         [--rounds 10] [--mode together|sequential] [--profile quick] [--cpu-scale F]
-        [--hey-seconds 0] [--json FILE]
+        [--scales 0.33,0.5,1.0] [--hey-seconds 0] [--json FILE]
 
 Deploys every variant once on the local backend (real cgroups, Gunicorn, HAProxy; the shop),
 then measures their capacity `--rounds` times. `together` is what a run does
@@ -11,6 +11,9 @@ boxes that fit the host loaded at the same time. `sequential` is what runs did b
 round measures one variant's whole search after the other's. `micro-copy` is micro's own
 stack under another name; micro-swap is micro plus swap, which the capacity search never
 touches (it holds no memory hazard): all three are the same t2.micro CPU.
+
+`--scales` instead puts every variant at each cpu_scale (one backend per scale) and compares
+their AWS-equivalent capacities (capacity / cpu_scale): do the scales agree?
 
 Per round it prints each capacity, CPU per request and share of the CPU bound, and each
 variant's ratio to the first one. At the end: for every variant, the ratios' median, RSD and
@@ -31,6 +34,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_capacity_truth import hey_saturation  # noqa: E402
 from experiments.backends.local import LocalBackend  # noqa: E402
-from experiments.load.capacity import CapacityResult  # noqa: E402
+from experiments.load.capacity import CapacityResult, search_trail  # noqa: E402
 from experiments.load.driver import LoadSession, LoadSettings  # noqa: E402
 from experiments.load.search import capacity_prober, new_capacity_search  # noqa: E402
 from experiments.model import Slo  # noqa: E402
@@ -57,6 +61,34 @@ def variant_named(name: str) -> Variant:
     return load_variant(name)
 
 
+@dataclass
+class Box:
+    """One measured box: a variant on its backend (several backends: several cpu_scales)."""
+
+    name: str
+    variant: Variant
+    backend: LocalBackend
+
+    @property
+    def scale(self) -> float:
+        return self.backend.cpu_scale
+
+
+def boxes_from(args: argparse.Namespace) -> list[Box]:
+    variants = [variant_named(n) for n in args.variants.split(",")]
+    if not args.scales:
+        backend = LocalBackend(cpu_scale=args.cpu_scale, variants=variants)
+        return [Box(v.name, v, backend) for v in variants]
+    boxes, cursor = [], 0
+    for scale in (float(x) for x in args.scales.split(",")):
+        backend = LocalBackend(cpu_scale=scale)
+        backend._cpu_cursor = cursor  # one run-wide cursor: spread the boxes over the host
+        cursor += sum(v.total_vcpu for v in variants)
+        boxes += [Box(f"{v.name}@{scale:g}", v.with_overrides(name=f"{v.name}-s{i}"), backend)
+                  for i, v in enumerate(variants, start=len(boxes))]
+    return boxes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="micro,micro-swap,micro-copy")
@@ -65,6 +97,9 @@ def main() -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--cpu-scale", type=float, default=None,
                         help="default: what a run of these variants would choose")
+    parser.add_argument("--scales", default="",
+                        help="e.g. 0.33,0.5,1.0: every variant at each cpu_scale, compared in "
+                             "AWS-equivalent req/s (capacity / cpu_scale)")
     parser.add_argument("--hey-seconds", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--seed", type=int, default=None)
@@ -72,61 +107,74 @@ def main() -> int:
     if args.hey_seconds and shutil.which("hey") is None:
         print("hey is not installed: bash scripts/bootstrap.sh test installs it")
         return 2
-    variants = [variant_named(n) for n in args.variants.split(",")]
-    backend = LocalBackend(cpu_scale=args.cpu_scale, variants=variants)
-    profile = get_profile(args.profile).dilated(backend.dilation)
-    slo = Slo().dilated(backend.dilation)
-    budget = backend.concurrent_cores if args.mode == "together" else 0.0
+    boxes = boxes_from(args)
+    budget = (LocalBackend.concurrent_cores.fget(boxes[0].backend)  # type: ignore[attr-defined]
+              if args.mode == "together" else 0.0)
     rng = random.Random(args.seed)
-    print(f"{args.mode}: {', '.join(v.name for v in variants)}; cpu_scale {backend.cpu_scale} "
-          f"(dilation {backend.dilation:.2f}); {args.profile} profile; {args.rounds} rounds",
+    print(f"{args.mode}: " + ", ".join(f"{b.name} (cpu_scale {b.scale:g})" for b in boxes)
+          + f"; {args.profile} profile; {args.rounds} rounds; host cores at once {budget:g}",
           flush=True)
     rows: list[dict[str, object]] = []
-    first = variants[0].name
+    first = boxes[0].name
     with ExitStack() as stack:
-        deployed = {v.name: stack.enter_context(backend.deployed(v)) for v in variants}
-        settings = LoadSettings(locustfile=LOCUSTFILE, env={"SHOP_ALL_WEIGHT": "0"},
-                                dilation=backend.dilation)
-        loads = {n: stack.enter_context(LoadSession(d.url, settings))
-                 for n, d in deployed.items()}
+        deployed = {b.name: stack.enter_context(b.backend.deployed(b.variant)) for b in boxes}
+        loads = {b.name: stack.enter_context(LoadSession(deployed[b.name].url, LoadSettings(
+            locustfile=LOCUSTFILE, env={"SHOP_ALL_WEIGHT": "0"}, dilation=b.backend.dilation)))
+            for b in boxes}
+        backends = list({id(b.backend): b.backend for b in boxes}.values())
         for number in range(1, args.rounds + 1):
             began = time.monotonic()
-            lanes = {n: Lane(n, new_capacity_search(loads[n], d, profile, slo),
-                             capacity_prober(loads[n], d, profile),
-                             backend.lane_cores(d.variant)) for n, d in deployed.items()}
+            lanes = {}
+            for b in boxes:
+                profile = get_profile(args.profile).dilated(b.backend.dilation)
+                slo = Slo().dilated(b.backend.dilation)
+                d, load = deployed[b.name], loads[b.name]
+                lanes[b.name] = Lane(b.name, new_capacity_search(load, d, profile, slo),
+                                     capacity_prober(load, d, profile),
+                                     b.backend.lane_cores(b.variant))
+            def new_round(_: object, backends: list[LocalBackend] = backends) -> None:
+                for backend in backends:
+                    backend.new_round()
             if args.mode == "together":
-                run_rounds(list(lanes.values()), budget, rng)
+                run_rounds(list(lanes.values()), budget, rng, new_round)
             else:
                 order = list(lanes.values())
                 rng.shuffle(order)
                 for lane in order:
-                    run_rounds([lane], budget, rng)
+                    run_rounds([lane], budget, rng, new_round)
             found: dict[str, CapacityResult] = {}
             for name, lane in lanes.items():
                 if lane.error is not None or lane.result is None:
                     print(f"  {name}: {lane.error}", flush=True)
                     continue
                 found[name] = lane.result
+            scale = {b.name: b.scale for b in boxes}
+            aws = {n: c.capacity_rps / scale[n] for n, c in found.items()}
             hey = hey_together(deployed, args.hey_seconds) if args.hey_seconds else {}
             row: dict[str, object] = {"round": number, "seconds": time.monotonic() - began,
                                       "capacity": {n: c.capacity_rps for n, c in found.items()},
+                                      "aws_capacity": aws,
                                       "demand_ms": {n: 1000 * (c.demand_cpu_s or 0)
                                                     for n, c in found.items()},
                                       "pct_of_bound": {n: c.pct_of_cpu_bound
                                                        for n, c in found.items()},
-                                      "hey": hey}
+                                      "trail": {n: search_trail(c.steps) for n, c in found.items()},
+                                      "steps": {n: [s.to_dict() for s in c.steps]
+                                                for n, c in found.items()},
+                                      "hey": {n: r / scale[n] for n, r in hey.items()}}
             rows.append(row)
             print(f"round {number} ({row['seconds']:.0f} s): " + "  ".join(
                 f"{n} {c.capacity_rps:g} ({1000 * (c.demand_cpu_s or 0):.2f} ms, "
                 f"{c.pct_of_cpu_bound or 0:.0f} %)" for n, c in found.items())
-                + "".join(f"  ×{first}: {n} {found[n].capacity_rps / found[first].capacity_rps:.3f}"
-                          for n in found if n != first and first in found
-                          and found[first].capacity_rps)
+                + "".join(f"  ×{first}: {n} {aws[n] / aws[first]:.3f}"
+                          for n in aws if n != first and aws.get(first))
                 + ("  hey: " + " ".join(f"{n} {r:.1f}" for n, r in hey.items()) if hey else ""),
                 flush=True)
+            for name, trail in row["trail"].items():  # type: ignore[attr-defined]
+                print(f"    {name}: {trail}", flush=True)
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=1))
-    summarize(rows, first, [v.name for v in variants])
+    summarize(rows, first, [b.name for b in boxes])
     return 0
 
 
@@ -148,7 +196,7 @@ def hey_together(deployed: dict[str, object], seconds: int) -> dict[str, float]:
 
 def summarize(rows: list[dict[str, object]], first: str, names: list[str]) -> None:
     print(f"\nratio to {first} over {len(rows)} rounds (median, RSD, rounds within 10 %):")
-    for key, label in (("capacity", "scalelab"), ("hey", "hey -c 8")):
+    for key, label in (("aws_capacity", "scalelab"), ("hey", "hey -c 8")):
         for name in names:
             if name == first:
                 continue
@@ -162,9 +210,9 @@ def summarize(rows: list[dict[str, object]], first: str, names: list[str]) -> No
                   f"RSD {rsd:.1%}, within 10 %: {within} of {len(ratios)}  "
                   f"[{', '.join(f'{x:.2f}' for x in ratios)}]")
     for name in names:
-        figures = [r["capacity"][name] for r in rows if name in r["capacity"]]  # type: ignore[index,operator]
+        figures = [r["aws_capacity"][name] for r in rows if name in r["aws_capacity"]]  # type: ignore[index,operator]
         if len(figures) > 1:
-            print(f"  {name}: capacity median {statistics.median(figures):g}, RSD "
+            print(f"  {name}: AWS-eq capacity median {statistics.median(figures):.1f}, RSD "
                   f"{statistics.stdev(figures) / statistics.mean(figures):.1%} (the host's "
                   "drift moves single figures; the ratios above are what must hold)")
 

@@ -144,6 +144,7 @@ class Sweep:
 
         def on_round(plan: RoundPlan) -> None:
             rounds.append({"round": plan.number, "groups": plan.groups})
+            self.backend.new_round()
             for run, lane in lanes.items():  # broken in the last round: torn down now
                 if lane.error is not None and run in self.live:
                     self._lose(run, lane.error)

@@ -68,6 +68,9 @@ class ReplayBackend:
     def lane_cores(self, variant: Variant) -> float:
         return 0.0
 
+    def new_round(self) -> None:
+        return None
+
     @contextmanager
     def deployed(self, variant: Variant) -> Iterator[Deployment]:
         port = 9000 + VARIANTS.index(variant.name)  # the load finds its recording by URL

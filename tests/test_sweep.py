@@ -50,6 +50,9 @@ class FakeBackend:
     def lane_cores(self, variant: Variant) -> float:
         return 0.5
 
+    def new_round(self) -> None:
+        self.events.append("round -")
+
     @contextmanager
     def deployed(self, variant: Variant) -> Iterator[Deployment]:
         port = 9000 + NAMES.index(variant.name)
@@ -60,11 +63,18 @@ class FakeBackend:
             self.events.append(f"down {variant.name}")
 
     @property
+    def deploys(self) -> int:
+        """Deploys and teardowns so far."""
+        return sum(not e.startswith("round") for e in self.events)
+
+    @property
     def up(self) -> set[str]:
         """Variants deployed and not (yet) torn down."""
         live: set[str] = set()
         for event in self.events:
             verb, name = event.split()
+            if verb == "round":
+                continue
             (live.add if verb == "up" else live.discard)(name)
         return live
 
@@ -122,7 +132,7 @@ def test_every_variant_is_deployed_before_any_is_measured_and_measured_in_shared
     backend = FakeBackend(concurrent_cores=1.0)  # two 0.5-core boxes at a time
     run = sweep(tmp_path, backend)
     assert run.measure() == []
-    assert backend.events[:3] == ["up micro", "up micro-swap", "up scale-up"]
+    assert backend.events[:4] == ["up micro", "up micro-swap", "up scale-up", "round -"]
     assert backend.up == set()
     assert sorted(run.store.completed_variants()) == sorted(NAMES)
     rounds = run.store.info["schedule"]["stages"]["capacity-1"]
@@ -152,7 +162,7 @@ def test_ctrl_c_during_an_interleaved_step_tears_down_every_variant_and_resume_f
     with pytest.raises(KeyboardInterrupt):
         run.measure()
     assert sorted(seen[:3]) == sorted(NAMES)
-    assert backend.up == set() and len(backend.events) == 6  # all three up, all three down
+    assert backend.up == set() and backend.deploys == 6  # all three up, all three down
     assert run.store.completed_variants() == []
     fake_load.hook = staticmethod(lambda name, rps: None)
     resumed = sweep(tmp_path, backend, RunStore.open(tmp_path / "r1"))
@@ -177,7 +187,7 @@ def test_ctrl_c_while_boxes_are_loaded_at_once_tears_down_every_variant(
     with pytest.raises(KeyboardInterrupt):
         sweep(tmp_path, backend).measure()
     assert fired.is_set()
-    assert backend.up == set() and len(backend.events) == 6
+    assert backend.up == set() and backend.deploys == 6
 
 
 def test_a_variant_that_breaks_mid_round_is_torn_down_alone(

@@ -88,6 +88,10 @@ class Backend(Protocol):
         """Host cores `variant` takes while it is loaded (0: none of this host's)."""
         ...
 
+    def new_round(self) -> None:
+        """A round of the schedule begins (the local backend moves pinned instances)."""
+        ...
+
     def preflight(self, variants: list[Variant]) -> None:
         """Check prerequisites (tools, credentials, budget) before anything is created;
         raise a UserError naming what is missing."""

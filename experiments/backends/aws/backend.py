@@ -75,6 +75,9 @@ class AwsBackend:
     def lane_cores(self, variant: Variant) -> float:
         return 0.0  # not on this host
 
+    def new_round(self) -> None:
+        """Nothing to move: every instance is its own hardware."""
+
     def __init__(self, project_dir: Path = PROJECT_DIR, state_dir: Path | None = None,
                  run_id: str = "manual", max_usd: float | None = None,
                  estimate_usd: Callable[[Variant], float] | None = None,

@@ -117,6 +117,17 @@ class Instance:
     sampled: SampledInstance | None = None
     cpus: list[int] | None = None
     """Host CPUs it is pinned to, as many as its vCPUs (None: not pinned)."""
+    first_cpu: int = 0
+    """Where its CPUs start before any round moved them (`LocalBackend.new_round`)."""
+
+
+def pin_cgroup(cgroup: InstanceCgroup, cpus: list[int]) -> None:
+    """Move every thread of every process in `cgroup` to `cpus` (a process may be gone)."""
+    for pid in cgroup.pids():
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(tid), cpus)
 
 
 class LocalDeployment(Deployment):
@@ -205,6 +216,9 @@ class LocalBackend:
         self._layout: CgroupLayout | None = None
         self._cpu_cursor = 0
         """The next host CPU an instance is pinned from (run-wide, see `instance_cpus`)."""
+        self._shift = 0
+        self._stacks: list[_Stack] = []
+        """Stacks deployed and not yet torn down (`new_round` moves their instances)."""
 
     @staticmethod
     def choose_cpu_scale(variants: list[Variant], host_cores: float | None = None,
@@ -232,14 +246,34 @@ class LocalBackend:
         """Host cores `variant`'s boxes may use when loaded (all instances at full quota)."""
         return variant.total_vcpu * self.cpu_scale
 
-    def next_cpus(self, vcpus: int) -> list[int] | None:
-        """Host CPUs for the next instance of this run (None: not pinned)."""
+    def next_cpus(self, vcpus: int) -> tuple[list[int] | None, int]:
+        """Host CPUs for the next instance of this run (None: not pinned), and the cursor
+        they start from."""
         if not shutil.which("taskset"):  # util-linux, on every Linux
-            return None
-        cpus = instance_cpus(0, vcpus, list(os.sched_getaffinity(0)), first=self._cpu_cursor)
+            return None, 0
+        first = self._cpu_cursor + self._shift
+        cpus = instance_cpus(0, vcpus, list(os.sched_getaffinity(0)), first=first)
         if cpus is not None:
             self._cpu_cursor += vcpus
-        return cpus
+        return cpus, first - self._shift
+
+    def new_round(self) -> None:
+        """A round of the schedule begins: every pinned instance moves on by one host CPU, so
+        no variant keeps a faster or busier CPU for a whole search (RMIT for placement: the
+        host's CPUs need not be alike — a hypervisor's vCPUs rarely are)."""
+        self._shift += 1
+        available = list(os.sched_getaffinity(0))
+        for stack in list(self._stacks):
+            for inst in stack.instances:
+                if inst.cpus is None:
+                    continue
+                cpus = instance_cpus(0, len(inst.cpus), available,
+                                     first=inst.first_cpu + self._shift)
+                if cpus is not None:
+                    inst.cpus = cpus
+                    if inst.supervisor is not None:
+                        inst.supervisor.cpus = cpus  # a restarted master starts there too
+                    pin_cgroup(inst.cgroup, cpus)
 
     def layout(self) -> CgroupLayout:
         if self._layout is None:
@@ -255,11 +289,13 @@ class LocalBackend:
             haproxy.maxconn_for(haproxy.fd_hard_limit())  # a too-low fd limit: say so now
         swept = [f"{i.kind} {i.ident}" for i in self.delete_leftovers()]
         stack = _Stack(self, variant, layout)
+        self._stacks.append(stack)
         try:
             deployment = stack.start()
             deployment.extra["swept_leftovers"] = swept
             yield deployment
         finally:
+            self._stacks.remove(stack)
             with _sigint_deferred():
                 stack.teardown()
 
@@ -438,9 +474,9 @@ class _Stack:
                 print(f"scalelab: note: {v.name}: {applied.note}.", file=sys.stderr)
             data = self.run_dir / name / "data"
             appsetup.copy_data(cache, data)
-            cpus = b.next_cpus(v.vcpu)
+            cpus, first_cpu = b.next_cpus(v.vcpu)
             self.instances.append(Instance(name, host, INSTANCE_PORT, cg, data, sampled=sampled,
-                                           cpus=cpus))
+                                           cpus=cpus, first_cpu=first_cpu))
         for inst in self.instances:
             self._spawn(inst)
         self.sampler = Sampler([i.sampled for i in self.instances if i.sampled],
