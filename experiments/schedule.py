@@ -92,16 +92,32 @@ class RoundPlan:
 
     number: int
     groups: list[list[str]]
+    free: bool = False
+    """The lanes ran side by side at their own pace (no rounds): one plan for the stage."""
 
 
 def run_rounds(lanes: Sequence[AnyLane], budget_cores: float,
                rng: random.Random | None = None,
-               on_round: Callable[[RoundPlan], None] | None = None) -> list[RoundPlan]:
-    """Advance every lane to its end; returns what each round ran (its order and groups)."""
+               on_round: Callable[[RoundPlan], None] | None = None,
+               free: bool = True) -> list[RoundPlan]:
+    """Advance every lane to its end; returns what each round ran (its order and groups).
+
+    When every lane fits the host at once and `free`, there are no rounds: each lane runs its
+    search at its own pace beside the others (one `RoundPlan` with `free` set). Rounds would
+    make every lane wait, step after step, for the round's longest step (a confirmation hold,
+    a sustained step at a tenth of the rate): one schedule took 4:00 where its longest search
+    alone needs about half. The boxes are loaded over the same minutes either way."""
     rng = rng or random.Random()
     for lane in lanes:
         lane.start()
     plans: list[RoundPlan] = []
+    active = [lane for lane in lanes if not lane.done]
+    if free and len(active) > 1 and sum(x.cores for x in active) <= budget_cores + 1e-9:
+        plan = RoundPlan(1, [[lane.name for lane in active]], free=True)
+        if on_round is not None:
+            on_round(plan)
+        run_together([partial(_run_free, lane) for lane in active])
+        return [plan]
     while active := [lane for lane in lanes if not lane.done]:
         rng.shuffle(active)
         groups = pack(active, budget_cores)
@@ -115,6 +131,13 @@ def run_rounds(lanes: Sequence[AnyLane], budget_cores: float,
                 if not lane.done:
                     lane.take()
     return plans
+
+
+def _run_free(lane: AnyLane) -> None:
+    while not lane.done:
+        _measure(lane)
+        if not lane.done:
+            lane.take()
 
 
 def _measure(lane: AnyLane) -> None:

@@ -143,7 +143,7 @@ class Sweep:
         rounds = self.rounds.setdefault(stage, [])
 
         def on_round(plan: RoundPlan) -> None:
-            rounds.append({"round": plan.number, "groups": plan.groups})
+            rounds.append({"round": plan.number, "groups": plan.groups, "free": plan.free})
             self.backend.new_round()
             for run, lane in lanes.items():  # broken in the last round: torn down now
                 if lane.error is not None and run in self.live:

@@ -68,9 +68,32 @@ def test_lanes_that_fit_the_host_are_measured_at_the_same_time() -> None:
         return Lane(name, steps_of(2, []), measure, 0.3)
 
     lanes = [together("a"), together("b"), together("c")]
-    plans = run_rounds(lanes, budget_cores=1.0, rng=random.Random(1))
+    plans = run_rounds(lanes, budget_cores=1.0, rng=random.Random(1), free=False)
     assert [len(p.groups) for p in plans] == [1, 1]
     assert all(x.error is None and x.result == [f"{x.name}0", f"{x.name}1"] for x in lanes)
+    lanes = [together("a"), together("b"), together("c")]  # free-running: side by side too
+    (plan,) = run_rounds(lanes, budget_cores=1.0)
+    assert plan.free and sorted(plan.groups[0]) == ["a", "b", "c"]
+    assert all(x.error is None and x.result == [f"{x.name}0", f"{x.name}1"] for x in lanes)
+
+
+def test_free_lanes_do_not_wait_for_each_others_steps() -> None:
+    """A lane of short steps finishes while a lane of long steps is still at its first: in
+    rounds it would wait for each long step."""
+    finished: dict[str, float] = {}
+    import time
+
+    def timed(name: str, n: int, seconds: float) -> Lane[int, str, list[str]]:
+        def measure(i: int) -> str:
+            time.sleep(seconds)
+            if i == n - 1:
+                finished[name] = time.monotonic()
+            return f"{name}{i}"
+        return Lane(name, steps_of(n, []), measure, 0.1)
+
+    began = time.monotonic()
+    run_rounds([timed("short", 4, 0.05), timed("long", 2, 0.4)], budget_cores=1.0)
+    assert finished["short"] - began < 0.35 < finished["long"] - began
 
 
 def test_a_broken_lane_ends_alone() -> None:
@@ -141,7 +164,8 @@ def test_identical_boxes_on_a_drifting_host_read_alike_only_when_measured_togeth
 
         def on_round(_: object, clock: list[int] = clock) -> None:
             clock[0] += 3  # the host's clock moves per round (faster from round 5 on)
-        run_rounds(lanes, budget_cores=budget, rng=random.Random(3), on_round=on_round)
+        run_rounds(lanes, budget_cores=budget, rng=random.Random(3), on_round=on_round,
+                   free=False)
         a, b = (x.result for x in lanes)
         assert a is not None and b is not None
         assert a.capacity_rps == b.capacity_rps, budget
