@@ -52,6 +52,7 @@ def variant_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "region": cost.get("region") or v.region,
             "sustained_capacity_rps": v.sustained_capacity_rps,
             "sustained_source": v.sustained_source,
+            "sustained_derived_rps": v.sustained_derived_rps,
             "credit_runway_minutes": v.credit_runway_minutes,
             "runway_text": (v.credit_runway or {}).get("text"),
             "sustained_capacity_per_usd_hour": cost.get("sustained_capacity_per_usd_hour"),
@@ -145,8 +146,12 @@ def burst_lines(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         if r.get("runway_text"):
             src = r.get("sustained_source") or ""
+            derived = r.get("sustained_derived_rps")
             out.append(f"{r['variant']}: {r['runway_text']}"
-                       + (f" (sustained {src})" if src in ("measured", "estimated") else ""))
+                       + (f" (sustained {src})" if src in ("measured", "estimated") else "")
+                       + (f"; the utilization law would say {derived:g} req/s (CPU at the "
+                          "baseline ÷ CPU per request), the measured knee is where the SLO "
+                          "broke" if derived and src == "measured" else ""))
     return out
 
 
