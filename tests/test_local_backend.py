@@ -134,6 +134,10 @@ def test_limits_are_applied_and_teardown_leaves_nothing(backend: LocalBackend) -
             assert cpus is not None and len(cpus) == 1
             assert dep.extra["instance_cpus"] == {"i0": cpus}
             assert all(os.sched_getaffinity(pid) == set(cpus) for pid in pids)
+            backend.new_round()  # a round of the schedule: the box moves on by one host CPU
+            moved = dep.instances[0].cpus
+            assert moved is not None and moved != cpus and len(moved) == 1
+            assert all(os.sched_getaffinity(pid) == set(moved) for pid in pids)
         host = dep.url.split("//")[1].split(":")[0]
         assert host.startswith("127.") and not host.startswith("127.0.")
         wait_for(lambda: len(dep.observe().signals) >= 2, 5, "two samples")

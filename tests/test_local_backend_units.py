@@ -171,13 +171,29 @@ def test_fixed_performance_types_have_no_bucket_and_bad_start_is_refused() -> No
 
 # ---- cpu_scale, HAProxy config, addresses ------------------------------------------------
 
-def test_cpu_scale_fits_the_largest_variant_and_the_generator() -> None:
+def test_cpu_scale_fits_every_variant_at_once_and_the_generators() -> None:
+    """The variants are loaded together: their vCPUs add up (2 cores less half a core)."""
+    micro = Variant(name="micro")
     out = Variant(name="scale-out", count=3, load_balancer=True)
     up = Variant(name="scale-up", instance_type="t3.medium")
-    assert LocalBackend.choose_cpu_scale([out, up], host_cores=2) == 0.33
-    assert LocalBackend.choose_cpu_scale([up], host_cores=2) == 0.5
+    assert LocalBackend.choose_cpu_scale([micro, micro, out, up], host_cores=2) == 0.21
+    assert LocalBackend.choose_cpu_scale([out, up], host_cores=2) == 0.3
+    assert LocalBackend.choose_cpu_scale([up], host_cores=2) == 0.75
+    assert LocalBackend.choose_cpu_scale([micro], host_cores=2) == 1.0
     assert LocalBackend.choose_cpu_scale([up], host_cores=16) == 1.0
-    assert LocalBackend.choose_cpu_scale([out], host_cores=1) == 0.05
+    assert LocalBackend.choose_cpu_scale([out], host_cores=1) == 0.16
+    assert LocalBackend.choose_cpu_scale([out, up], host_cores=0.5) == 0.05
+
+
+def test_boxes_that_fit_are_loaded_together_and_pins_move_each_round() -> None:
+    backend = LocalBackend(cpu_scale=0.21, host_cores=2)
+    assert backend.concurrent_cores == 1.5
+    assert backend.lane_cores(Variant(name="scale-out", count=3, load_balancer=True)) == \
+        pytest.approx(0.63)
+    from experiments.backends.local import instance_cpus
+
+    # a run-wide cursor spreads the variants' instances; a round moves each on by one CPU
+    assert [instance_cpus(0, 1, [0, 1], first=f) for f in range(3)] == [[0], [1], [0]]
 
 
 def test_haproxy_config_follows_the_target_group() -> None:
