@@ -9,9 +9,11 @@ pair up. Then:
 - `--repeat N` (N >= 2): the N paired ratios; the interval is Student's t on their logarithms
   (a ratio's noise is multiplicative), exp(mean ± t · s / √N). Pairing takes out what the
   host's drift did to both alike.
-- one search each (quick): the search's own resolution. A search brackets its knee between
-  its capacity (a rate that passed) and the lowest rate above it that failed, so the ratio
-  lies within [low_a / high_b, high_a / low_b].
+- one search each (quick): nothing in the run says how far a second search would land, so
+  the interval is the search's known scatter, `SEARCH_LOG_SD` per search (measured by
+  benchmarks/bench_fairness.py: identical boxes searched together), as a normal 95 % interval
+  of the log ratio, widened to hold the searches' own resolution (a search brackets its
+  knee between its capacity and the lowest rate above it that failed).
 
 A run measured the old way, one variant after another (no `schedule` in run.json), is
 compared all the same, with a warning that drift between the searches is in the ratio.
@@ -25,6 +27,12 @@ import statistics
 from typing import Any
 
 BASELINE = "micro"
+SEARCH_LOG_SD = 0.08
+"""How far one quick search of a box lands from another's of an identical box measured beside
+it: the standard deviation of ln(capacity), from the A/A benchmark (docs/validation.md,
+"Fair comparison"). Without it a single search's resolution alone (about 5 %) called two
+identical boxes 8 % apart "higher beyond noise"."""
+Z95 = 1.96
 NO_FAIL_MARGIN = 0.05
 """A search that never failed above its capacity is known to this precision upwards (the
 profiles' search precision)."""
@@ -71,8 +79,10 @@ def compare(entry: dict[str, Any], base: dict[str, Any], together: bool) -> dict
         if a is None or b is None:
             return None
         ratio = a[0] / b[0]
-        low, high = a[0] / b[1], a[1] / b[0]
-        basis = "each search's resolution (its capacity to the lowest failed rate above it)"
+        spread = math.exp(Z95 * math.sqrt(2) * SEARCH_LOG_SD)
+        low, high = min(a[0] / b[1], ratio / spread), max(a[1] / b[0], ratio * spread)
+        basis = (f"one search each: a search's scatter ({SEARCH_LOG_SD:.0%} per search, "
+                 "measured A/A) and resolution")
     verdict = ("within noise" if low <= 1 <= high else
                f"{'higher' if ratio > 1 else 'lower'} beyond noise")
     result: dict[str, Any] = {
