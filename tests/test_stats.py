@@ -100,11 +100,10 @@ def test_repeated_searches_land_in_the_summary(tmp_path, monkeypatch) -> None:
                           p99_ms=1, error_rate=0, requests=100, passed=True)
         return CapacityResult(capacity, p95, [step], (capacity, capacity * 1.05))
 
-    searches = iter([result(30.0, 100.0), result(36.0, 300.0), result(31.0, 120.0)])
+    searches = [result(30.0, 100.0), result(36.0, 300.0), result(31.0, 120.0)]
     with Progress(console=Console(file=io.StringIO())) as progress:
         run = VariantRun(variant, plan, store, progress)
-        monkeypatch.setattr(run, "_capacity_search", lambda deployment, i: next(searches))
-        capacity = run.capacity(deployment=None)  # type: ignore[arg-type]
+        capacity = run.capacity(searches)
         assert capacity.capacity_rps == 31.0 and capacity.p95_ms_at_capacity == 120.0
         assert [s.offered_rps for s in capacity.steps] == [31.0]  # the median search's
         run.finish(capacity, SurvivalResult(seconds=33, held=True, limit_s=33), Observations(),
