@@ -108,8 +108,7 @@ def main() -> int:
         print("hey is not installed: bash scripts/bootstrap.sh test installs it")
         return 2
     boxes = boxes_from(args)
-    budget = (LocalBackend.concurrent_cores.fget(boxes[0].backend)  # type: ignore[attr-defined]
-              if args.mode == "together" else 0.0)
+    budget = boxes[0].backend.concurrent_cores if args.mode == "together" else 0.0
     rng = random.Random(args.seed)
     print(f"{args.mode}: " + ", ".join(f"{b.name} (cpu_scale {b.scale:g})" for b in boxes)
           + f"; {args.profile} profile; {args.rounds} rounds; host cores at once {budget:g}",
