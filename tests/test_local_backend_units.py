@@ -185,7 +185,7 @@ def test_cpu_scale_fits_every_variant_at_once_and_the_generators() -> None:
     assert LocalBackend.choose_cpu_scale([out, up], host_cores=0.5) == 0.05
 
 
-def test_boxes_that_fit_are_loaded_together_and_pins_move_each_round() -> None:
+def test_the_host_budget_lane_cores_and_a_run_wide_pin_cursor() -> None:
     backend = LocalBackend(cpu_scale=0.21, host_cores=2)
     assert backend.concurrent_cores == 1.5
     assert backend.lane_cores(Variant(name="scale-out", count=3, load_balancer=True)) == \
